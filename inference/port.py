@@ -1,0 +1,116 @@
+"""The backend port: what the bot (and the CLI) need from any img2img backend.
+
+A backend takes a `Job` (the request and the init image as bytes), a progress callback and a
+`CancelToken`; it returns an `Img2ImgResult` or raises an `inference.errors.InferenceError`.
+It advertises `capacity`, the number of jobs it can usefully hold at once (the local backend's
+batch size, the ModelsLab backend's in-flight bound), and closes cleanly. Jobs, progress events
+and results are plain serialisable data so that a queue can move them between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inference.errors import Cancelled
+from inference.request import Img2ImgRequest
+from inference.result import Img2ImgResult
+
+__all__ = ["Backend", "CancelToken", "Job", "ProgressCallback", "ProgressEvent"]
+
+
+class Job(BaseModel):
+    """One unit of work handed to a backend."""
+
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    id: str = Field(min_length=1, max_length=64)
+    request: Img2ImgRequest
+    init_image: bytes = Field(repr=False)
+
+
+class ProgressEvent(BaseModel):
+    """What a backend reports while a job runs; `step` counts denoising steps done."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    stage: Literal["queued", "loading", "running", "postprocessing", "uploading"]
+    step: int = 0
+    total_steps: int = 0
+    eta_seconds: float | None = None
+    message: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+"""Called on the event loop's thread; it must return quickly."""
+
+
+class CancelToken:
+    """A cancellation signal readable from worker threads and awaitable from the event loop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        """Ask the job to stop; safe from any thread, idempotent."""
+        with self._lock:
+            self._event.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("The job was cancelled.")
+
+    async def wait(self) -> None:
+        """Return once `cancel()` has been called."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._waiters.append((loop, future))
+        await future
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An img2img backend (local diffusers or the ModelsLab API)."""
+
+    name: str
+
+    @property
+    def capacity(self) -> int:
+        """How many jobs the backend can usefully hold at once."""
+        ...
+
+    async def generate(
+        self, job: Job, progress: ProgressCallback, cancel: CancelToken
+    ) -> Img2ImgResult:
+        """Run `job` to completion; raise `InferenceError` subclasses on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and GPU memory."""
+        ...

@@ -1,0 +1,81 @@
+"""Rules for URLs that users supply (init images, webhooks): scheme, host, and no private addresses.
+
+`check_url_syntax` runs inside request validation (no network). `resolve_public_host` runs just
+before a connection is made and checks every address the name resolves to, so a public-looking name
+that points at loopback or a private network is refused too (and again after each redirect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from inference.errors import InvalidRequest
+
+__all__ = ["check_url_syntax", "is_public_address", "resolve_public_host"]
+
+_BLOCKED_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+def is_public_address(address: str) -> bool:
+    """True when `address` (an IP literal) is globally routable: not loopback, private, link-local..."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _literal_ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+def check_url_syntax(
+    url: str, *, field: str, schemes: tuple[str, ...], allow_private: bool
+) -> str:
+    """Return `url` stripped, or raise `InvalidRequest` naming `field` and what is allowed."""
+    url = url.strip()
+    allowed = " or ".join(schemes)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidRequest(f"{field} is not a valid URL; give a full {allowed} URL.", field=field)
+    del port
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        raise InvalidRequest(
+            f"{field} must be a full {allowed} URL (like {schemes[-1]}://example.com/...).",
+            field=field,
+        )
+    if parts.username or parts.password:
+        raise InvalidRequest(f"{field} must not contain a user name or password.", field=field)
+    if not allow_private:
+        host = parts.hostname.lower().rstrip(".")
+        literal = _literal_ip(host)
+        if host in _BLOCKED_NAMES or host.endswith(".localhost") or (
+            literal is not None and not is_public_address(literal)
+        ):
+            raise InvalidRequest(
+                f"{field} points to a private or local address; use a public URL.", field=field
+            )
+    return url
+
+
+async def resolve_public_host(host: str, port: int) -> None:
+    """Raise `InvalidRequest` unless every address `host` resolves to is public."""
+    literal = _literal_ip(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            raise InvalidRequest(f"The host {host!r} could not be found; check the URL.")
+        addresses = [str(info[4][0]) for info in infos]
+    if not addresses or not all(is_public_address(a) for a in addresses):
+        raise InvalidRequest("The URL points to a private or local address; use a public URL.")
