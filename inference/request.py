@@ -220,7 +220,9 @@ class Img2ImgRequest(BaseModel):
             raise ValueError(f"must be a multiple of 8 (try {low} or {high})")
         return value
 
-    @field_validator("width", "height", "samples", "num_inference_steps", "clip_skip", mode="before")
+    @field_validator(
+        "width", "height", "samples", "num_inference_steps", "clip_skip", mode="before"
+    )
     @classmethod
     def _integer_text(cls, value: Any) -> Any:
         value = _blank_to_none(value)

@@ -22,7 +22,9 @@ class InferenceSettings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
-    backend: Literal["local", "modelslab"] = Field("local", validation_alias=_env("IMG2IMG_BACKEND"))
+    backend: Literal["local", "modelslab"] = Field(
+        "local", validation_alias=_env("IMG2IMG_BACKEND")
+    )
     models_file: Path = Field(Path("models.toml"), validation_alias=_env("IMG2IMG_MODELS"))
     nsfw_threshold: float | None = Field(
         None, ge=0.0, le=1.0, validation_alias=_env("IMG2IMG_NSFW_THRESHOLD")

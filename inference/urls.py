@@ -20,7 +20,7 @@ _BLOCKED_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-lo
 
 
 def is_public_address(address: str) -> bool:
-    """True when `address` (an IP literal) is globally routable: not loopback, private, link-local..."""
+    """True when the IP literal `address` is globally routable (not loopback, private, ...)."""
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -34,9 +34,7 @@ def _literal_ip(host: str) -> str | None:
         return None
 
 
-def check_url_syntax(
-    url: str, *, field: str, schemes: tuple[str, ...], allow_private: bool
-) -> str:
+def check_url_syntax(url: str, *, field: str, schemes: tuple[str, ...], allow_private: bool) -> str:
     """Return `url` stripped, or raise `InvalidRequest` naming `field` and what is allowed."""
     url = url.strip()
     allowed = " or ".join(schemes)
@@ -44,7 +42,9 @@ def check_url_syntax(
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise InvalidRequest(f"{field} is not a valid URL; give a full {allowed} URL.", field=field)
+        raise InvalidRequest(
+            f"{field} is not a valid URL; give a full {allowed} URL.", field=field
+        ) from None
     del port
     if parts.scheme.lower() not in schemes or not parts.hostname:
         raise InvalidRequest(
@@ -56,8 +56,10 @@ def check_url_syntax(
     if not allow_private:
         host = parts.hostname.lower().rstrip(".")
         literal = _literal_ip(host)
-        if host in _BLOCKED_NAMES or host.endswith(".localhost") or (
-            literal is not None and not is_public_address(literal)
+        if (
+            host in _BLOCKED_NAMES
+            or host.endswith(".localhost")
+            or (literal is not None and not is_public_address(literal))
         ):
             raise InvalidRequest(
                 f"{field} points to a private or local address; use a public URL.", field=field
@@ -75,7 +77,7 @@ async def resolve_public_host(host: str, port: int) -> None:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
-            raise InvalidRequest(f"The host {host!r} could not be found; check the URL.")
+            raise InvalidRequest(f"The host {host!r} could not be found; check the URL.") from None
         addresses = [str(info[4][0]) for info in infos]
     if not addresses or not all(is_public_address(a) for a in addresses):
         raise InvalidRequest("The URL points to a private or local address; use a public URL.")
