@@ -1,8 +1,8 @@
 """The job store: every accepted job in SQLite, so nothing accepted is lost across restarts.
 
 All methods are coroutines that run the SQL in a worker thread (file I/O stays off the event
-loop). The request is stored without its key; the init image is kept until the job is finished so
-that queued and running jobs can be resumed after a restart.
+loop). The request is stored without its key. The init image is kept with the record (until the
+retention period or the user deletes it) so that restarts resume jobs and Reroll/Remix work.
 """
 
 from __future__ import annotations
@@ -140,14 +140,12 @@ class JobStore:
         )
 
     async def update(self, job_id: str, **changes: Any) -> None:
-        """Set columns of one job; lists are stored as JSON; finishing drops the init image."""
+        """Set columns of one job; lists are stored as JSON."""
         allowed = {"status", "started_at", "finished_at", "seeds", "nsfw", "message_id", "error"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown job columns: {sorted(unknown)}")
         values = {k: json.dumps(v) if isinstance(v, list) else v for k, v in changes.items()}
-        if changes.get("status") in ("done", "failed", "cancelled"):
-            values["init_image"] = None
         assignments = ", ".join(f"{name} = ?" for name in values)
         params = (*values.values(), job_id)
         await self._run(lambda c: c.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", params))  # noqa: S608

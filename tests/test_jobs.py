@@ -127,7 +127,7 @@ async def test_users_take_turns(store: JobStore) -> None:
     assert order == ["a1", "b1", "c1", "a2", "b2", "a3"]
     assert recorders["a3"].positions == [4, 3, 2, 1]
     stored = await store.get("a3")
-    assert stored is not None and stored.status == "done" and stored.init_image is None
+    assert stored is not None and stored.status == "done" and stored.init_image == b"x"
 
 
 async def test_capacity_bounds_jobs_in_flight(store: JobStore) -> None:

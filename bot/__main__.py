@@ -1,0 +1,71 @@
+"""`python -m bot`: the composition root. Settings → backend → store → bot → Discord."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import discord
+from pydantic import ValidationError
+
+from bot.catalog import load_catalog
+from bot.client import Img2ImgBot, point_discord_at
+from bot.config import BotSettings
+from bot.store import JobStore
+from inference import InferenceError, InferenceSettings
+from inference.backends import create_backend
+
+log = logging.getLogger("bot")
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+async def run(settings: BotSettings, inference_settings: InferenceSettings) -> int:
+    assert settings.discord_token is not None
+    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+    try:
+        backend = create_backend(inference_settings)
+    except (InferenceError, ValueError) as exc:
+        return _fail(f"the {inference_settings.backend} backend cannot start: {exc}")
+    bot = Img2ImgBot(
+        settings=settings,
+        inference_settings=inference_settings,
+        backend=backend,
+        store=JobStore(settings.database),
+        catalog=load_catalog(inference_settings.models_file),
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+    try:
+        async with bot:
+            await bot.start(settings.discord_token.get_secret_value())
+    except discord.LoginFailure:
+        return _fail("Discord refused DISCORD_TOKEN; copy the bot token again from the portal.")
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = BotSettings()
+        inference_settings = InferenceSettings()
+    except ValidationError as exc:
+        fields = ", ".join(str(e["loc"][0]) for e in exc.errors(include_input=False))
+        return _fail(f"invalid settings: {fields}. See the README's settings table.")
+    if settings.discord_token is None:
+        return _fail("DISCORD_TOKEN is not set. Put it in the environment or in .env.")
+    if inference_settings.backend == "modelslab" and inference_settings.modelslab_api_key is None:
+        return _fail("IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY.")
+    return asyncio.run(run(settings, inference_settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

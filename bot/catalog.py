@@ -1,0 +1,46 @@
+"""Names for autocomplete: models, VAEs and LoRAs the operator configured (no 25-choice limit)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Catalog", "load_catalog"]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: list[str] = field(default_factory=list)
+    vaes: list[str] = field(default_factory=list)
+    loras: list[str] = field(default_factory=list)
+    default_model: str | None = None
+
+    def suggest(self, kind: str, typed: str, limit: int = 25) -> list[str]:
+        """Names of `kind` ("models", "vaes", "loras") matching what the user typed.
+
+        For LoRAs the user may be typing a comma-separated list: suggestions complete its last
+        item and keep the ones before it.
+        """
+        names: list[str] = getattr(self, kind)
+        head, _, last = typed.rpartition(",") if kind == "loras" else ("", "", typed)
+        chosen = {n.strip() for n in head.split(",") if n.strip()}
+        needle = last.strip().lower()
+        starts = [n for n in names if n.lower().startswith(needle) and n not in chosen]
+        inside = [n for n in names if needle in n.lower() and n not in starts and n not in chosen]
+        prefix = ",".join(n.strip() for n in head.split(",") if n.strip())
+        return [f"{prefix},{n}" if prefix else n for n in (starts + inside)][:limit]
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read the names from the models file; a missing file gives an empty catalog."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Catalog()
+    return Catalog(
+        models=sorted(data.get("models", {})),
+        vaes=sorted(data.get("vaes", {})),
+        loras=sorted(data.get("loras", {})),
+        default_model=data.get("default_model"),
+    )

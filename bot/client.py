@@ -1,0 +1,135 @@
+"""The Discord client: owns the queue, the store and the backend; loads the cogs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from bot.catalog import Catalog
+from bot.config import BotSettings
+from bot.jobs import FairQueue, QueueLimits
+from bot.present import JobReporter, ViewFactory
+from bot.store import JobRecord, JobStore
+from inference import Backend, InferenceSettings
+
+__all__ = ["EXTENSIONS", "Img2ImgBot", "point_discord_at"]
+
+log = logging.getLogger(__name__)
+EXTENSIONS = ("cogs.views", "cogs.img2img", "cogs.admin", "cogs.history")
+
+
+def point_discord_at(api_base: str, gateway_url: str | None) -> None:
+    """Send REST and gateway traffic to `api_base` / `gateway_url` (proxies, or a test server)."""
+    import yarl
+
+    discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class Img2ImgBot(commands.Bot):
+    """The bot. Services are passed in by the composition root (`bot.__main__`)."""
+
+    def __init__(
+        self,
+        *,
+        settings: BotSettings,
+        inference_settings: InferenceSettings,
+        backend: Backend,
+        store: JobStore,
+        catalog: Catalog,
+        **options: Any,
+    ) -> None:
+        options.setdefault("intents", discord.Intents(guilds=True))
+        super().__init__(command_prefix=commands.when_mentioned, help_command=None, **options)
+        self.settings = settings
+        self.inference_settings = inference_settings
+        self.backend = backend
+        self.store = store
+        self.catalog = catalog
+        self.queue = FairQueue(
+            backend,
+            store,
+            QueueLimits(
+                max_pending_per_user=settings.max_pending_per_user,
+                max_pending_total=settings.max_pending_total,
+                daily_quota_user=settings.daily_quota_user,
+                daily_quota_guild=settings.daily_quota_guild,
+            ),
+        )
+        self._views: ViewFactory | None = None
+        self.resumed_jobs = 0
+
+    async def setup_hook(self) -> None:
+        await self.store.open()
+        purged = await self.store.purge_older_than(
+            time.time() - self.settings.retention_days * 86_400
+        )
+        if purged:
+            log.info("purged %d job records past the retention period", purged)
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self._sync_commands()
+        await self._resume_unfinished()
+
+    async def _sync_commands(self) -> None:
+        if self.settings.dev_guild_id:
+            guild = discord.Object(id=self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def _resume_unfinished(self) -> None:
+        """Queue again what was accepted before a restart; results go to the channel."""
+        for record in await self.store.unfinished():
+            try:
+                await self._resume(record)
+                self.resumed_jobs += 1
+            except (discord.HTTPException, LookupError) as exc:
+                log.warning("job %s: its channel is gone (%s); marking failed", record.id, exc)
+                await self.store.update(record.id, status="failed", error="channel unavailable")
+
+    async def _resume(self, record: JobRecord) -> None:
+        channel = self.get_channel(record.channel_id) or await self.fetch_channel(record.channel_id)
+        user = self.get_user(record.owner_id) or await self.fetch_user(record.owner_id)
+        if not isinstance(channel, discord.abc.Messageable):
+            raise LookupError(f"channel {record.channel_id} cannot receive messages")
+        reporter = self.reporter(record.id, channel, user, interaction=None)
+        self.queue.resume(record, reporter)
+
+    def use_views(self, views: ViewFactory) -> None:
+        """Called by the views cog: how result and cancel buttons are built."""
+        self._views = views
+
+    def views(self) -> ViewFactory:
+        if self._views is None:
+            raise RuntimeError("cogs.views is not loaded")
+        return self._views
+
+    def reporter(
+        self,
+        job_id: str,
+        channel: discord.abc.Messageable,
+        user: discord.abc.User,
+        interaction: discord.Interaction[Any] | None,
+    ) -> JobReporter:
+        return JobReporter(
+            job_id=job_id,
+            channel=channel,
+            requester=user,
+            interaction=interaction,
+            views=self.views(),
+            interval=self.settings.progress_interval,
+        )
+
+    async def close(self) -> None:
+        """Finish running jobs (up to 30 s); the rest stay in the store and resume later."""
+        await self.queue.close(grace=30.0)
+        await self.backend.aclose()
+        await super().close()
+        await self.store.close()

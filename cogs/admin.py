@@ -1,0 +1,80 @@
+"""`/img2img-settings`: a server's NSFW policy (needs Manage Server)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.store import GuildPolicy
+
+if TYPE_CHECKING:
+    from bot.client import Img2ImgBot
+
+__all__ = ["AdminCog", "setup"]
+
+TYPE_LABELS = {
+    "sensitive_content_text": "Sensitive content label",
+    "blur": "Blur",
+    "pixelate": "Pixelate",
+    "black": "Black",
+}
+
+
+class AdminCog(commands.Cog):
+    def __init__(self, bot: Img2ImgBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="img2img-settings", description="This server's NSFW settings for img2img."
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.describe(
+        default_safety_checker_type="How flagged images are hidden when users don't choose",
+        allow_safety_off_in_nsfw="Let users turn the safety checker off in age-restricted channels",
+    )
+    @app_commands.choices(
+        default_safety_checker_type=[
+            app_commands.Choice(name=label, value=value) for value, label in TYPE_LABELS.items()
+        ]
+    )
+    async def settings(
+        self,
+        interaction: discord.Interaction[Any],
+        default_safety_checker_type: str | None = None,
+        allow_safety_off_in_nsfw: bool | None = None,
+    ) -> None:
+        if interaction.guild_id is None:
+            await interaction.response.send_message("This works in servers only.", ephemeral=True)
+            return
+        if not interaction.permissions.manage_guild:
+            await interaction.response.send_message(
+                "You need the Manage Server permission to change these settings.", ephemeral=True
+            )
+            return
+        store = self.bot.store
+        policy = await store.guild_policy(interaction.guild_id)
+        if default_safety_checker_type is not None or allow_safety_off_in_nsfw is not None:
+            policy = GuildPolicy(
+                default_safety_checker_type=default_safety_checker_type
+                or policy.default_safety_checker_type,
+                allow_safety_off_in_nsfw=policy.allow_safety_off_in_nsfw
+                if allow_safety_off_in_nsfw is None
+                else allow_safety_off_in_nsfw,
+            )
+            await store.set_guild_policy(interaction.guild_id, policy)
+        kind = TYPE_LABELS.get(policy.default_safety_checker_type or "sensitive_content_text")
+        off = "allowed" if policy.allow_safety_off_in_nsfw else "not allowed"
+        await interaction.response.send_message(
+            f"**Flagged images are hidden with:** {kind}\n"
+            f"**Turning the safety checker off in age-restricted channels:** {off}\n"
+            "Outside age-restricted channels and in DMs the safety checker is always on.",
+            ephemeral=True,
+        )
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(AdminCog(bot))  # type: ignore[arg-type]

@@ -1,0 +1,211 @@
+"""The one path every entry point takes: interaction + options + image → a queued job.
+
+Order matters for Discord's 3-second deadline: the options are validated first (microseconds;
+a refusal is the ephemeral first response), then the interaction is deferred, and only then is
+the image downloaded and checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import discord
+from pydantic import ValidationError
+
+from bot.jobs import QueueRefused
+from bot.messages import describe_refusal, describe_validation_error
+from bot.store import JobRecord
+from inference import Img2ImgRequest, InvalidImage, InvalidRequest
+from inference.images import decode_image, fetch_image
+
+if TYPE_CHECKING:
+    from bot.client import Img2ImgBot
+
+__all__ = ["USER_OPTIONS", "ImageSource", "parse_options_line", "submit_job"]
+
+USER_OPTIONS = (
+    "prompt",
+    "negative_prompt",
+    "model_id",
+    "width",
+    "height",
+    "samples",
+    "num_inference_steps",
+    "safety_checker",
+    "safety_checker_type",
+    "enhance_prompt",
+    "guidance_scale",
+    "strength",
+    "scheduler",
+    "use_karras_sigmas",
+    "seed",
+    "lora_model",
+    "lora_strength",
+    "vae",
+    "clip_skip",
+    "tomesd",
+)
+"""The request fields a Discord user may set (CONTRACT section 8)."""
+
+_ALIASES = {
+    "steps": "num_inference_steps",
+    "cfg": "guidance_scale",
+    "guidance": "guidance_scale",
+    "model": "model_id",
+    "lora": "lora_model",
+    "negative": "negative_prompt",
+    "sampler": "scheduler",
+    "karras": "use_karras_sigmas",
+}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where the init image comes from: an attachment, a URL, or bytes we already hold."""
+
+    attachment: discord.Attachment | None = None
+    url: str | None = None
+    data: bytes | None = None
+
+    @property
+    def public_url(self) -> str | None:
+        return self.attachment.url if self.attachment is not None else self.url
+
+
+def parse_options_line(text: str) -> dict[str, str]:
+    """`seed=42 steps=31 lora_model=a,b` → request fields; refuses unknown names."""
+    options: dict[str, str] = {}
+    for token in text.replace(";", " ").split():
+        name, sep, value = token.partition("=")
+        name = _ALIASES.get(name.strip().lower(), name.strip().lower())
+        if not sep or not name:
+            raise InvalidRequest(f"`{token}` is not a `name=value` pair.", field="options")
+        if name not in USER_OPTIONS or name in ("prompt", "negative_prompt"):
+            allowed = ", ".join(o for o in USER_OPTIONS if o not in ("prompt", "negative_prompt"))
+            raise InvalidRequest(f"Unknown option `{name}`. Options: {allowed}.", field="options")
+        options[name] = value
+    return options
+
+
+def _channel_is_age_restricted(interaction: discord.Interaction[Any]) -> bool:
+    if interaction.guild_id is None:
+        return False  # DMs have no age restriction
+    is_nsfw = getattr(interaction.channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+async def _apply_channel_policy(
+    bot: Img2ImgBot, interaction: discord.Interaction[Any], body: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """The NSFW rule: the safety checker stays on outside age-restricted channels."""
+    body = dict(body)
+    note = None
+    policy = None
+    if interaction.guild_id is not None:
+        policy = await bot.store.guild_policy(interaction.guild_id)
+        if policy.default_safety_checker_type and not body.get("safety_checker_type"):
+            body["safety_checker_type"] = policy.default_safety_checker_type
+    wants_off = str(body.get("safety_checker", "yes")).strip().lower() in ("no", "false", "0")
+    allowed_off = _channel_is_age_restricted(interaction) and (
+        policy is None or policy.allow_safety_off_in_nsfw
+    )
+    if wants_off and not allowed_off:
+        note = "The safety checker stays on here (only age-restricted channels may turn it off)."
+    if not allowed_off:
+        body["safety_checker"] = "yes"
+    return body, note
+
+
+async def _respond(interaction: discord.Interaction[Any], text: str) -> None:
+    """An ephemeral answer, whether or not the interaction was deferred already."""
+    if interaction.response.is_done():
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:
+    limit = bot.inference_settings.max_image_bytes
+    if source.data is not None:
+        data = source.data
+    elif source.attachment is not None:
+        attachment = source.attachment
+        kind = attachment.content_type or ""
+        if kind and not kind.startswith("image/"):
+            raise InvalidImage(
+                f"`{attachment.filename}` is not an image ({kind}). Attach a PNG, JPEG, WEBP, "
+                "GIF, BMP or TIFF image."
+            )
+        if attachment.size > limit:
+            raise InvalidImage(
+                f"`{attachment.filename}` is {attachment.size / 2**20:.1f} MB; the limit is "
+                f"{limit / 2**20:.0f} MB. Attach a smaller image."
+            )
+        try:
+            data = await attachment.read()
+        except discord.HTTPException:
+            raise InvalidImage("The attachment could not be downloaded; try again.") from None
+    elif source.url is not None:
+        data = await fetch_image(source.url, settings=bot.inference_settings)
+    else:
+        raise InvalidImage("Attach an image or give `image_url`.")
+    await asyncio.to_thread(decode_image, data)  # refuse unusable images before queueing
+    return data
+
+
+async def submit_job(
+    interaction: discord.Interaction[Any], body: dict[str, Any], source: ImageSource
+) -> str | None:
+    """Validate, acknowledge, fetch, queue. Every refusal is an ephemeral message.
+
+    Returns the job id when the job was queued.
+    """
+    bot: Img2ImgBot = interaction.client
+    body, note = await _apply_channel_policy(bot, interaction, body)
+    if source.public_url and source.data is None:
+        body["init_image"] = source.public_url
+    try:
+        request = Img2ImgRequest.model_validate(body)
+    except ValidationError as exc:
+        await _respond(interaction, describe_validation_error(exc))
+        return None
+    if not interaction.response.is_done():
+        await interaction.response.defer(thinking=True)
+    try:
+        data = await _load_image(bot, source)
+    except InvalidRequest as exc:
+        await _respond(interaction, str(exc))
+        return None
+
+    job_id = secrets.token_hex(6)
+    assert interaction.channel is not None
+    channel = interaction.channel
+    assert isinstance(channel, discord.abc.Messageable)
+    record = JobRecord(
+        id=job_id,
+        owner_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id or 0,
+        request=request,
+        init_image=data,
+    )
+    header = f"{note}\n" if note else ""
+    await interaction.edit_original_response(
+        content=header + "Queued…", view=bot.views().cancel(job_id)
+    )
+    reporter = bot.reporter(job_id, channel, interaction.user, interaction)
+    try:
+        position = await bot.queue.submit(record, reporter)
+    except QueueRefused as refusal:
+        await reporter.close()
+        await _respond(interaction, describe_refusal(refusal))
+        return None
+    if position > 0:
+        reporter.position(position)
+    return job_id

@@ -1,0 +1,328 @@
+"""Buttons and modals. Buttons are `DynamicItem`s whose custom_id carries the job id, so they keep
+working after a restart; what they need comes from the job store."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.store import JobRecord
+from cogs.flow import ImageSource, parse_options_line, submit_job
+from inference import InvalidRequest
+
+if TYPE_CHECKING:
+    from bot.client import Img2ImgBot
+
+__all__ = ["ButtonFactory", "Img2ImgModal", "setup"]
+
+JOB = r"(?P<job>[0-9a-f]{12})"
+_FIELDS_IN_MODAL = {"prompt", "negative_prompt", "strength"}
+
+
+def _bot(interaction: discord.Interaction[Any]) -> Img2ImgBot:
+    bot: Img2ImgBot = interaction.client
+    return bot
+
+
+async def _record(interaction: discord.Interaction[Any], job_id: str) -> JobRecord | None:
+    record = await _bot(interaction).store.get(job_id)
+    if record is None:
+        await interaction.response.send_message(
+            "That job's record is gone (deleted, or past the retention period).", ephemeral=True
+        )
+    return record
+
+
+def _may_manage(interaction: discord.Interaction[Any], record: JobRecord) -> bool:
+    permissions = interaction.permissions
+    return interaction.user.id == record.owner_id or permissions.manage_messages
+
+
+def options_line(record: JobRecord) -> str:
+    """The request's non-default options as `name=value` pairs, for the remix modal."""
+    request = record.request
+    defaults = type(request)(prompt="x")
+    pairs = []
+    for name in type(request).model_fields:
+        if name in _FIELDS_IN_MODAL or name in ("key", "init_image", "webhook", "track_id"):
+            continue
+        value = getattr(request, name)
+        if value is not None and value != getattr(defaults, name):
+            pairs.append(f"{name}={value}")
+    return " ".join(pairs)
+
+
+class Img2ImgModal(discord.ui.Modal):
+    """Prompt first, then negative prompt, strength and an options line."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        *,
+        title: str = "Img2Img",
+        prompt: str = "",
+        negative_prompt: str = "",
+        strength: str = "",
+        options: str = "",
+    ) -> None:
+        super().__init__(title=title, timeout=900)
+        self.source = source
+        self.prompt: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            max_length=2000,
+            default=prompt or None,
+            placeholder="What should the image become?",
+        )
+        self.negative: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
+            label="Negative prompt",
+            style=discord.TextStyle.paragraph,
+            required=False,
+            max_length=2000,
+            default=negative_prompt or None,
+        )
+        self.strength: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
+            label="Strength (0.05–1; higher changes more)",
+            required=False,
+            max_length=10,
+            default=strength or None,
+            placeholder="0.7",
+        )
+        self.options: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
+            label="Options (name=value …)",
+            required=False,
+            max_length=1000,
+            default=options or None,
+            placeholder="seed=42 steps=31 scheduler=EulerDiscreteScheduler samples=2",
+        )
+        for item in (self.prompt, self.negative, self.strength, self.options):
+            self.add_item(item)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            body: dict[str, Any] = parse_options_line(self.options.value)
+        except InvalidRequest as exc:
+            await interaction.response.send_message(str(exc), ephemeral=True)
+            return
+        body["prompt"] = self.prompt.value
+        if self.negative.value.strip():
+            body["negative_prompt"] = self.negative.value
+        if self.strength.value.strip():
+            body["strength"] = self.strength.value.strip()
+        await submit_job(interaction, body, self.source)
+
+
+def _remix_modal(record: JobRecord, source: ImageSource, title: str) -> Img2ImgModal:
+    request = record.request
+    return Img2ImgModal(
+        source,
+        title=title,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        strength=f"{request.strength:g}",
+        options=options_line(record),
+    )
+
+
+def _same_options(record: JobRecord, **changes: Any) -> dict[str, Any]:
+    body = record.request.model_dump(exclude={"init_image", "webhook", "track_id"})
+    body.update(changes)
+    return body
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:cancel:{JOB}"):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"i2i:cancel:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> CancelButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        record = await _record(interaction, self.job_id)
+        if record is None:
+            return
+        if not _may_manage(interaction, record):
+            await interaction.response.send_message(
+                "Only the person who asked for this job (or a moderator) can cancel it.",
+                ephemeral=True,
+            )
+            return
+        if await _bot(interaction).queue.cancel(self.job_id):
+            await interaction.response.send_message("Cancelling…", ephemeral=True)
+        else:
+            await interaction.response.send_message(
+                "That job has already finished.", ephemeral=True
+            )
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:reroll:{JOB}"):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Reroll",
+                emoji="🎲",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"i2i:reroll:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RerollButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        record = await _record(interaction, self.job_id)
+        if record is None:
+            return
+        if not record.init_image:
+            await interaction.response.send_message(
+                "The input image of that job is no longer stored.", ephemeral=True
+            )
+            return
+        await submit_job(
+            interaction, _same_options(record, seed=None), ImageSource(data=record.init_image)
+        )
+
+
+class RemixButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:remix:{JOB}"):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Remix",
+                emoji="✏️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"i2i:remix:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RemixButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        record = await _record(interaction, self.job_id)
+        if record is None:
+            return
+        if not record.init_image:
+            await interaction.response.send_message(
+                "The input image of that job is no longer stored.", ephemeral=True
+            )
+            return
+        modal = _remix_modal(record, ImageSource(data=record.init_image), "Remix")
+        await interaction.response.send_modal(modal)
+
+
+class UseImageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:use:{JOB}:(?P<n>[1-9])"
+):
+    def __init__(self, job_id: str, number: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"Use {number}",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"i2i:use:{job_id}:{number}",
+            )
+        )
+        self.job_id = job_id
+        self.number = number
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> UseImageButton:
+        return cls(match["job"], int(match["n"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        record = await _record(interaction, self.job_id)
+        if record is None:
+            return
+        attachments = interaction.message.attachments if interaction.message else []
+        if len(attachments) < self.number:
+            await interaction.response.send_message(
+                f"Image {self.number} is not on that message any more.", ephemeral=True
+            )
+            return
+        source = ImageSource(attachment=attachments[self.number - 1])
+        await interaction.response.send_modal(
+            _remix_modal(record, source, f"Img2Img from image {self.number}")
+        )
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:delete:{JOB}"):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete",
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"i2i:delete:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> DeleteButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        record = await _record(interaction, self.job_id)
+        if record is None:
+            return
+        if not _may_manage(interaction, record):
+            await interaction.response.send_message(
+                "Only the person who asked for these images (or a moderator) can delete them.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.defer()
+        if interaction.message is not None:
+            await interaction.message.delete()
+
+
+class ButtonFactory:
+    """Implements `bot.present.ViewFactory`."""
+
+    def result(self, job_id: str, images: int) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        for item in (RerollButton(job_id), RemixButton(job_id), DeleteButton(job_id)):
+            item.item.row = 0
+            view.add_item(item)
+        if images > 1:
+            for number in range(1, images + 1):
+                use = UseImageButton(job_id, number)
+                use.item.row = 1
+                view.add_item(use)
+        elif images == 1:
+            view.add_item(UseImageButton(job_id, 1))
+        return view
+
+    def cancel(self, job_id: str) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        view.add_item(CancelButton(job_id))
+        return view
+
+
+async def setup(bot: commands.Bot) -> None:
+    bot.add_dynamic_items(CancelButton, RerollButton, RemixButton, UseImageButton, DeleteButton)
+    bot.use_views(ButtonFactory())  # type: ignore[attr-defined]
