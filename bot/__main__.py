@@ -62,8 +62,9 @@ def main() -> int:
         return _fail(f"invalid settings: {fields}. See the README's settings table.")
     if settings.discord_token is None:
         return _fail("DISCORD_TOKEN is not set. Put it in the environment or in .env.")
-    if inference_settings.backend == "modelslab" and inference_settings.modelslab_api_key is None:
-        return _fail("IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY.")
+    keys = (inference_settings.modelslab_api_key, inference_settings.modelslab_api_keys)
+    if inference_settings.backend == "modelslab" and not any(keys):
+        return _fail("IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY (or MODELSLAB_API_KEYS).")
     return asyncio.run(run(settings, inference_settings))
 
 
