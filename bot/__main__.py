@@ -58,8 +58,10 @@ def main() -> int:
         settings = BotSettings()
         inference_settings = InferenceSettings()
     except ValidationError as exc:
-        fields = ", ".join(str(e["loc"][0]) for e in exc.errors(include_input=False))
-        return _fail(f"invalid settings: {fields}. See the README's settings table.")
+        problems = "; ".join(
+            f"{e['loc'][0]}: {e['msg']}" for e in exc.errors(include_input=False, include_url=False)
+        )
+        return _fail(f"invalid settings: {problems}. See the README's settings table.")
     if settings.discord_token is None:
         return _fail("DISCORD_TOKEN is not set. Put it in the environment or in .env.")
     keys = (inference_settings.modelslab_api_key, inference_settings.modelslab_api_keys)
