@@ -35,6 +35,16 @@ class InferenceSettings(BaseSettings):
     )
     fetch_timeout: float = Field(20.0, gt=0, validation_alias=_env("IMG2IMG_FETCH_TIMEOUT"))
 
+    # The local (diffusers) backend.
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", validation_alias=_env("IMG2IMG_DEVICE"))
+    batch_size: int = Field(4, ge=1, le=64, validation_alias=_env("IMG2IMG_BATCH_SIZE"))
+    pipeline_cache: int = Field(2, ge=1, le=16, validation_alias=_env("IMG2IMG_PIPELINE_CACHE"))
+    prompt_model: str | None = Field(None, validation_alias=_env("IMG2IMG_PROMPT_MODEL"))
+    tomesd_ratio: float = Field(0.5, ge=0.0, le=0.75, validation_alias=_env("IMG2IMG_TOMESD_RATIO"))
+    tomesd_max_downsample: int = Field(
+        1, ge=1, le=8, validation_alias=_env("IMG2IMG_TOMESD_MAX_DOWNSAMPLE")
+    )
+
     modelslab_api_key: SecretStr | None = Field(None, validation_alias=_env("MODELSLAB_API_KEY"))
     modelslab_base_url: str = Field(
         "https://modelslab.com", validation_alias=_env("MODELSLAB_BASE_URL")
@@ -44,6 +54,27 @@ class InferenceSettings(BaseSettings):
     )
     modelslab_job_timeout: float = Field(
         300.0, gt=0, validation_alias=_env("MODELSLAB_JOB_TIMEOUT")
+    )
+    modelslab_img2img_path: str = Field(
+        "/api/v1/enterprise/pony/img2img", validation_alias=_env("MODELSLAB_IMG2IMG_PATH")
+    )
+    # None: derived from the img2img path. "{id}" in it is replaced by the job's id.
+    modelslab_fetch_path: str | None = Field(None, validation_alias=_env("MODELSLAB_FETCH_PATH"))
+    # Optional spreading: comma-separated keys and/or origins, used round-robin.
+    modelslab_api_keys: SecretStr | None = Field(None, validation_alias=_env("MODELSLAB_API_KEYS"))
+    modelslab_base_urls: str | None = Field(None, validation_alias=_env("MODELSLAB_BASE_URLS"))
+    modelslab_max_in_flight: int = Field(
+        5, ge=1, le=1000, validation_alias=_env("MODELSLAB_MAX_IN_FLIGHT")
+    )
+    modelslab_max_retries: int = Field(
+        4, ge=0, le=20, validation_alias=_env("MODELSLAB_MAX_RETRIES")
+    )
+    # Webhook receiver, off unless MODELSLAB_WEBHOOK_LISTEN ("host:port") is set.
+    modelslab_webhook_listen: str | None = Field(
+        None, validation_alias=_env("MODELSLAB_WEBHOOK_LISTEN")
+    )
+    modelslab_webhook_public_url: str | None = Field(
+        None, validation_alias=_env("MODELSLAB_WEBHOOK_PUBLIC_URL")
     )
 
 

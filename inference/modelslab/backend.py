@@ -1,0 +1,308 @@
+"""`ModelsLabBackend`: the backend port over the ModelsLab API.
+
+One job: decode the init image (for its size), submit, wait (poll or webhook) while holding one
+of `capacity` in-flight slots, download and decode the outputs, then the shared post-processing
+(`inference.postprocess.finish_images`). The whole job runs under `MODELSLAB_JOB_TIMEOUT` and
+stops promptly when its `CancelToken` fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from PIL import Image
+from pydantic import SecretStr
+
+from inference import images, safety
+from inference.errors import BackendError, BackendTimeout, Cancelled, InvalidImage
+from inference.modelslab.client import ApiClient, RetryPolicy, new_http_client
+from inference.modelslab.endpoints import ApiPaths, EndpointPool, split_list
+from inference.modelslab.payload import (
+    inline_output,
+    request_body,
+    unwrap_image_bytes,
+    upload_bytes,
+)
+from inference.modelslab.polling import PollPolicy, poll_until_done, report
+from inference.modelslab.responses import ApiResponse, error_for
+from inference.port import CancelToken, Job, ProgressCallback, ProgressEvent
+from inference.postprocess import finish_images
+from inference.request import MAX_SEED, Img2ImgRequest
+from inference.result import Img2ImgResult, effective_meta
+from inference.settings import InferenceSettings
+
+if TYPE_CHECKING:
+    from inference.modelslab.webhook import WebhookReceiver
+
+__all__ = ["ModelsLabBackend", "run_cancellable", "seeds_from"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def run_cancellable(work: Coroutine[Any, Any, T], cancel: CancelToken) -> T:
+    """Run `work` until it ends or `cancel` fires (then it is stopped and `Cancelled` raised)."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise Cancelled("The job was cancelled.")
+    return task.result()
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value) % (MAX_SEED + 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def seeds_from(meta: dict[str, Any], request: Img2ImgRequest, count: int) -> list[int]:
+    """One seed per image: the API's `meta.seed` (a list as is, an int as seed + i), else the
+    request's seed + i; -1 (A1111's "unknown") when neither says."""
+    raw = meta.get("seed")
+    if isinstance(raw, list):
+        listed = [_as_int(v) for v in raw]
+        if len(listed) >= count and all(s is not None for s in listed):
+            return [s for s in listed[:count] if s is not None]
+        raw = raw[0] if raw else None
+    base = _as_int(raw)
+    if base is None:
+        base = request.seed
+    if base is None:
+        return [-1] * count
+    return [(base + i) % (MAX_SEED + 1) for i in range(count)]
+
+
+class ModelsLabBackend:
+    """Runs jobs on the ModelsLab API; at most `capacity` of them are at the API at once."""
+
+    name = "modelslab"
+
+    def __init__(
+        self,
+        *,
+        pool: EndpointPool,
+        paths: ApiPaths,
+        detector: safety.NsfwDetector | None,
+        threshold: float,
+        request_timeout: float = 30.0,
+        job_timeout: float = 300.0,
+        max_in_flight: int = 5,
+        max_output_bytes: int = 25 * 1024 * 1024,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        webhook: WebhookReceiver | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._pool = pool
+        self._paths = paths
+        self._detector = detector
+        self._threshold = threshold
+        self._job_timeout = job_timeout
+        self._max_in_flight = max_in_flight
+        self._max_output_bytes = max_output_bytes
+        self._poll = poll or PollPolicy()
+        self._webhook = webhook
+        self._http = http or new_http_client(request_timeout, max_in_flight)
+        self._client = ApiClient(
+            self._http, retry=retry or RetryPolicy(), request_timeout=request_timeout
+        )
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: InferenceSettings,
+        *,
+        detector: safety.NsfwDetector | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+    ) -> ModelsLabBackend:
+        """Build from `MODELSLAB_*` settings; `detector` defaults to the process-wide one."""
+        keys = [settings.modelslab_api_key] if settings.modelslab_api_key else []
+        if settings.modelslab_api_keys is not None:
+            keys += [
+                SecretStr(k) for k in split_list(settings.modelslab_api_keys.get_secret_value())
+            ]
+        unique = list({k.get_secret_value(): k for k in keys if k.get_secret_value()}.values())
+        urls = split_list(settings.modelslab_base_urls) or [settings.modelslab_base_url]
+        detector = detector or safety.get_default_detector()
+        webhook = None
+        if settings.modelslab_webhook_listen:
+            from inference.modelslab.webhook import WebhookReceiver  # aiohttp only when used
+
+            webhook = WebhookReceiver(
+                settings.modelslab_webhook_listen, settings.modelslab_webhook_public_url
+            )
+        return cls(
+            pool=EndpointPool(urls, unique),
+            paths=ApiPaths(settings.modelslab_img2img_path, settings.modelslab_fetch_path),
+            detector=detector,
+            threshold=safety.threshold_from(settings, detector),
+            request_timeout=settings.modelslab_request_timeout,
+            job_timeout=settings.modelslab_job_timeout,
+            max_in_flight=settings.modelslab_max_in_flight,
+            max_output_bytes=settings.max_image_bytes,
+            retry=(retry or RetryPolicy(max_retries=settings.modelslab_max_retries)),
+            poll=poll,
+            webhook=webhook,
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self._max_in_flight
+
+    async def aclose(self) -> None:
+        if self._webhook is not None:
+            await self._webhook.aclose()
+        await self._http.aclose()
+
+    async def generate(
+        self, job: Job, progress: ProgressCallback, cancel: CancelToken
+    ) -> Img2ImgResult:
+        cancel.raise_if_cancelled()
+        return await run_cancellable(self._run(job, progress), cancel)
+
+    async def _run(self, job: Job, progress: ProgressCallback) -> Img2ImgResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._job_timeout
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                final = await self._submit_and_wait(job, progress, deadline)
+                report(progress, ProgressEvent(job_id=job.id, stage="postprocessing"))
+                return await self._finish(job, final, started, deadline)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise BackendTimeout(
+                f"ModelsLab did not finish the job within {self._job_timeout:g} s "
+                "(MODELSLAB_JOB_TIMEOUT); try again later."
+            ) from None
+
+    @asynccontextmanager
+    async def _slot(self, job_id: str, progress: ProgressCallback) -> AsyncIterator[None]:
+        if self._slots.locked():
+            message = "Waiting for a free ModelsLab slot"
+            report(progress, ProgressEvent(job_id=job_id, stage="queued", message=message))
+        async with self._slots:
+            yield
+
+    async def _body(self, job: Job) -> dict[str, Any]:
+        """The API body (without key) and, with the receiver on, our webhook in it."""
+        request = job.request
+        decoded = await asyncio.to_thread(images.decode_image, job.init_image)
+        upload = None
+        if request.init_image is None:
+            upload = await asyncio.to_thread(upload_bytes, job.init_image, decoded)
+        webhook = None
+        if self._webhook is not None and request.webhook is None:
+            await self._webhook.start()
+            webhook = self._webhook.url
+        size = request.output_size(decoded.size)
+        return request_body(request, size=size, upload=upload, webhook=webhook, track_id=job.id)
+
+    async def _submit_and_wait(
+        self, job: Job, progress: ProgressCallback, deadline: float
+    ) -> ApiResponse:
+        body = await self._body(job)
+        endpoint = self._pool.next(job.request.key)
+        receiver = self._webhook if "webhook" in body and job.request.webhook is None else None
+        delivery = receiver.expect(job.id) if receiver is not None else None
+        try:
+            async with self._slot(job.id, progress):
+                first = await self._client.call(
+                    endpoint.url(self._paths.img2img), endpoint.body(**body), deadline=deadline
+                )
+                log.info("job %s: ModelsLab id %s, %s", job.id, first.id, first.status)
+                final = await poll_until_done(
+                    self._client,
+                    first,
+                    endpoint=endpoint,
+                    paths=self._paths,
+                    job_id=job.id,
+                    progress=progress,
+                    deadline=deadline,
+                    policy=self._poll,
+                    delivery=delivery,
+                )
+        finally:
+            if receiver is not None:
+                receiver.forget(job.id)
+        if final.failed:
+            raise error_for(final, model_id=job.request.model_id)
+        return final
+
+    async def _output(self, entry: str, deadline: float) -> bytes:
+        inline = inline_output(entry)
+        if inline is not None:
+            return inline
+        raw = await self._client.download(
+            entry, max_bytes=self._max_output_bytes, deadline=deadline
+        )
+        return unwrap_image_bytes(raw)
+
+    async def _finish(
+        self, job: Job, final: ApiResponse, started: float, deadline: float
+    ) -> Img2ImgResult:
+        request = job.request
+        entries = final.output[: request.samples]
+        raws = await asyncio.gather(*(self._output(entry, deadline) for entry in entries))
+        pictures = await asyncio.to_thread(_decode_outputs, raws)
+        seeds = seeds_from(final.meta, request, len(pictures))
+        extra: dict[str, Any] = {}
+        if request.model_id is None and isinstance(final.meta.get("model_id"), str):
+            extra["model_id"] = final.meta["model_id"]
+        enhanced = final.meta.get("prompt") if request.enhance_prompt == "yes" else None
+        meta = effective_meta(
+            request,
+            width=pictures[0].width,
+            height=pictures[0].height,
+            seeds=seeds,
+            prompt=enhanced if isinstance(enhanced, str) and enhanced else None,
+            **extra,
+        )
+        finished = await asyncio.to_thread(
+            finish_images,
+            pictures,
+            request,
+            seeds=seeds,
+            meta=meta,
+            detector=self._detector,
+            threshold=self._threshold,
+            flagged_by_backend=final.flags(len(pictures)),
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+        return Img2ImgResult(
+            id=job.id,
+            meta=meta,
+            nsfw_content_detected=[image.nsfw for image in finished],
+            generationTime=final.generation_time or round(elapsed, 3),
+            track_id=request.track_id,
+            images=finished,
+        )
+
+
+def _decode_outputs(raws: Sequence[bytes]) -> list[Image.Image]:
+    pictures = []
+    for number, raw in enumerate(raws, start=1):
+        try:
+            pictures.append(images.decode_image(raw))
+        except InvalidImage as exc:
+            raise BackendError(f"ModelsLab output {number} is not a usable image: {exc}") from None
+    if not pictures:
+        raise BackendError("ModelsLab reported success but returned no images.")
+    return pictures

@@ -1,0 +1,186 @@
+"""HTTP to the ModelsLab API over one shared `httpx.AsyncClient`: calls with retries, downloads.
+
+Rate limits, 5xx answers, timeouts and connection errors are retried with exponential backoff and
+jitter, up to `RetryPolicy.max_retries` and never past the job's deadline. Every other answer is
+returned parsed (`ApiResponse`); interpreting an error answer is the caller's business.
+The key travels only in JSON bodies: it is never in a URL, a log line or an exception, and it is
+scrubbed from whatever the API sends back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from inference import images
+from inference.errors import BackendError, BackendUnavailable, InferenceError
+from inference.modelslab.responses import (
+    KEY_REFUSED,
+    ApiResponse,
+    MalformedResponse,
+    is_rate_limited,
+    parse_body,
+)
+
+__all__ = ["ApiClient", "RetryPolicy", "new_http_client"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently failed calls and not-yet-ready downloads are retried."""
+
+    max_retries: int = 4
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    jitter: float = 0.25
+    download_retries: int = 4
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before retry number `attempt` (1-based): doubling, capped, ± jitter."""
+        raw = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return raw * random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311
+
+
+def new_http_client(request_timeout: float, max_in_flight: int) -> httpx.AsyncClient:
+    """The one pooled client the backend shares between all jobs (API calls and downloads)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(request_timeout),
+        limits=httpx.Limits(max_connections=max(20, 4 * max_in_flight)),
+        headers={"User-Agent": "img2img-bot (ModelsLab backend)", "Accept": "application/json"},
+        follow_redirects=False,
+    )
+
+
+class _Retry(Exception):
+    """A failed attempt worth repeating; `final` is raised when no retry is left."""
+
+    def __init__(self, reason: str, final: InferenceError, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.final = final
+        self.wait = wait
+
+
+def _rate_limited(wait: float | None) -> _Retry:
+    final = BackendUnavailable(
+        "ModelsLab is rate limiting this API key (too many requests queued); try again in a minute."
+    )
+    return _Retry("rate limited", final, wait=wait)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def _scrub(content: bytes, secret: str | None) -> bytes:
+    return content.replace(secret.encode(), b"***") if secret else content
+
+
+def _header_seconds(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+class ApiClient:
+    """Calls and downloads for the backend; holds no per-job state."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, *, retry: RetryPolicy, request_timeout: float
+    ) -> None:
+        self._http = http
+        self._retry = retry
+        self._request_timeout = request_timeout
+
+    async def call(self, url: str, body: dict[str, Any], *, deadline: float) -> ApiResponse:
+        """POST `body` to `url`; retry what is worth retrying; return the parsed answer."""
+        loop = asyncio.get_running_loop()
+        for attempt in itertools.count(1):
+            try:
+                return await self._attempt(url, body)
+            except _Retry as retry:
+                wait = retry.wait if retry.wait is not None else self._retry.delay(attempt)
+                if attempt > self._retry.max_retries or loop.time() + wait >= deadline:
+                    raise retry.final from None
+                log.warning(
+                    "ModelsLab %s: %s; retry %d of %d in %.2f s",
+                    urlsplit(url).path,
+                    retry.reason,
+                    attempt,
+                    self._retry.max_retries,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, url: str, body: dict[str, Any]) -> ApiResponse:
+        timeout = self._request_timeout
+        try:
+            response = await self._http.post(url, json=body, timeout=timeout)
+        except httpx.TimeoutException:
+            raise _Retry(
+                f"no answer within {timeout:.3g} s",
+                BackendUnavailable(f"ModelsLab did not answer within {timeout:.3g} s; try later."),
+            ) from None
+        except httpx.TransportError as exc:
+            raise _Retry(
+                f"connection failed ({type(exc).__name__})",
+                BackendUnavailable(
+                    f"Could not reach ModelsLab at {_origin(url)}; check MODELSLAB_BASE_URL "
+                    "and the network."
+                ),
+            ) from None
+        except httpx.InvalidURL:
+            raise BackendUnavailable(f"{url!r} is not a valid ModelsLab URL.") from None
+        return self._interpret(response, _scrub(response.content, body.get("key")))
+
+    def _interpret(self, response: httpx.Response, content: bytes) -> ApiResponse:
+        code = response.status_code
+        try:
+            answer = parse_body(code, content, response.headers.get("content-type", ""))
+        except MalformedResponse as exc:
+            if code == 429:
+                raise _rate_limited(_header_seconds(response)) from None
+            if code >= 500:
+                final = BackendUnavailable(f"{exc} ModelsLab seems to be down; try again later.")
+                raise _Retry(f"HTTP {code}, not JSON", final) from None
+            if code in (401, 403):
+                raise BackendUnavailable(KEY_REFUSED) from None
+            raise
+        if is_rate_limited(answer):
+            raise _rate_limited(answer.retry_after or _header_seconds(response))
+        if code >= 500 and answer.failed:
+            final = BackendUnavailable(
+                f"ModelsLab failed (HTTP {code}): {answer.text or 'no message'}; try again later."
+            )
+            raise _Retry(f"HTTP {code}", final)
+        return answer
+
+    async def download(self, url: str, *, max_bytes: int, deadline: float) -> bytes:
+        """One output's bytes. Failed downloads are retried a few times: outputs 404 until the
+        API has uploaded them, and CDNs fail transiently. (`images.fetch_trusted` does not say
+        which status failed, so every failure counts; the byte cap still applies each time.)"""
+        loop = asyncio.get_running_loop()
+        for attempt in itertools.count(1):
+            try:
+                return await images.fetch_trusted(
+                    url, max_bytes=max_bytes, timeout=self._request_timeout, client=self._http
+                )
+            except InferenceError as exc:
+                wait = self._retry.delay(attempt)
+                if attempt > self._retry.download_retries or loop.time() + wait >= deadline:
+                    raise BackendError(f"Could not download a ModelsLab output: {exc}") from None
+                log.info("ModelsLab output not ready (%s); retry %d in %.2f s", exc, attempt, wait)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover

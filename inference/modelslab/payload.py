@@ -1,0 +1,89 @@
+"""What travels to and from the API besides control fields: the request body and image bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+from PIL import Image
+
+from inference.request import Img2ImgRequest
+
+__all__ = ["inline_output", "request_body", "unwrap_image_bytes", "upload_bytes"]
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+_EXIF_ORIENTATION = 0x0112
+
+
+def upload_bytes(data: bytes, decoded: Image.Image) -> bytes:
+    """The init image as the API takes it: PNG or JPEG, upright.
+
+    PNGs and JPEGs without a rotation go as they came; anything else (WebP, GIF, a rotated JPEG)
+    is re-encoded from the decoded, upright image so the API sees what the user saw.
+    """
+    if data.startswith(_PNG):
+        return data
+    if data.startswith(_JPEG):
+        with Image.open(io.BytesIO(data)) as original:
+            if original.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+                return data
+    buffer = io.BytesIO()
+    decoded.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def request_body(
+    request: Img2ImgRequest,
+    *,
+    size: tuple[int, int],
+    upload: bytes | None,
+    webhook: str | None = None,
+    track_id: str | None = None,
+) -> dict[str, Any]:
+    """The img2img body without the key.
+
+    Every field that has a value passes through as the API's JSON type; unset (null) fields are
+    left out so the API applies its own defaults. The size is the resolved output size. With
+    `upload` the init image goes inline as base64 with the API's `"base64": "yes"` flag;
+    otherwise `request.init_image` (a URL) is sent. `webhook` (our receiver) is used only when
+    the request has none, and then with our `track_id` to match the delivery by: the request's
+    own track_id is echoed by the result, not by a webhook the user never sees.
+    """
+    body = {name: value for name, value in request.api_body().items() if value is not None}
+    body["width"], body["height"] = size
+    if upload is not None:
+        body["init_image"] = base64.b64encode(upload).decode("ascii")
+        body["base64"] = "yes"
+    if webhook is not None and request.webhook is None:
+        body["webhook"] = webhook
+        if track_id is not None:
+            body["track_id"] = track_id
+    return body
+
+
+def _b64(text: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(b"".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def unwrap_image_bytes(raw: bytes) -> bytes:
+    """An output's image bytes. With `"base64": "yes"` the API may serve base64 text (or a data
+    URI) instead of the image itself; those are decoded, image files pass unchanged."""
+    head = raw.lstrip()[:64]
+    if head.startswith(b"data:") and b"," in raw:
+        return _b64(raw.split(b",", 1)[1]) or raw
+    if head.startswith((_PNG, _JPEG, b"RIFF", b"GIF8")):
+        return raw
+    return _b64(raw) or raw
+
+
+def inline_output(entry: str) -> bytes | None:
+    """The bytes of an output given inline (data URI or bare base64); None for a URL."""
+    if entry.startswith(("http://", "https://")):
+        return None
+    return unwrap_image_bytes(entry.encode("ascii", "replace"))

@@ -1,0 +1,641 @@
+"""The ModelsLab backend against a loopback fake of the API (tests/modelslab_fake.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from modelslab_fake import API_KEY, FakeModelsLab, Reply, png_bytes
+from PIL import Image
+from pydantic import SecretStr
+
+from inference import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    Cancelled,
+    CancelToken,
+    InvalidRequest,
+    Job,
+    ProgressEvent,
+)
+from inference.modelslab.backend import ModelsLabBackend
+from inference.modelslab.client import RetryPolicy
+from inference.modelslab.endpoints import ApiPaths, EndpointPool
+from inference.modelslab.polling import PollPolicy
+from inference.modelslab.responses import parse_body
+from inference.modelslab.webhook import WebhookReceiver, parse_listen
+from inference.request import Img2ImgRequest
+from inference.settings import InferenceSettings
+
+INIT = png_bytes(96, 64, (200, 40, 30))
+INVERTED = (55, 215, 225)
+FAST_RETRY = RetryPolicy(base_delay=0.01, max_delay=0.05, jitter=0.1, max_retries=3)
+FAST_POLL = PollPolicy(min_delay=0.01, first_backoff=0.02, factor=1.5, max_delay=0.1)
+PATIENT_POLL = PollPolicy(min_delay=0.01, first_backoff=1.0, max_delay=60.0)
+
+
+class FakeDetector:
+    name = "fake"
+    default_threshold = 0.5
+
+    def __init__(self, score: float = 0.0) -> None:
+        self.score = score
+        self.calls = 0
+
+    def scores(self, images: Sequence[Image.Image]) -> list[float]:
+        self.calls += 1
+        return [self.score] * len(images)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeModelsLab]:
+    async with FakeModelsLab() as server:
+        yield server
+
+
+def make_backend(fake: FakeModelsLab, **overrides: Any) -> ModelsLabBackend:
+    options: dict[str, Any] = {
+        "pool": EndpointPool([fake.base_url], [SecretStr(API_KEY)]),
+        "paths": ApiPaths(),
+        "detector": FakeDetector(),
+        "threshold": 0.5,
+        "request_timeout": 5.0,
+        "job_timeout": 20.0,
+        "retry": FAST_RETRY,
+        "poll": FAST_POLL,
+        **overrides,
+    }
+    return ModelsLabBackend(**options)
+
+
+def make_job(init: bytes = INIT, **fields: Any) -> Job:
+    body = {"prompt": "a red fox in snow", "safety_checker": "no", **fields}
+    request = Img2ImgRequest.model_validate(body, context={"allow_private_urls": True})
+    return Job(id=uuid.uuid4().hex[:12], request=request, init_image=init)
+
+
+async def run(
+    backend: ModelsLabBackend, job: Job, events: list[ProgressEvent] | None = None
+) -> Any:
+    sink: list[ProgressEvent] = [] if events is None else events
+    try:
+        return await backend.generate(job, sink.append, CancelToken())
+    finally:
+        await backend.aclose()
+
+
+def pixel(data: bytes, xy: tuple[int, int]) -> tuple[int, ...]:
+    with Image.open(io.BytesIO(data)) as image:
+        return tuple(image.convert("RGB").getpixel(xy))  # type: ignore[arg-type]
+
+
+def close_to(a: Sequence[int], b: Sequence[int], tolerance: int = 6) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+# -- success, body mapping, outputs ---------------------------------------------------------------
+
+
+async def test_body_passes_every_field_and_the_image_as_base64(fake: FakeModelsLab) -> None:
+    job = make_job(
+        model_id="pony-v6",
+        negative_prompt="blurry",
+        width=128,
+        height=96,
+        samples="2",
+        num_inference_steps="31",
+        guidance_scale="5",
+        strength=0.5,
+        scheduler="DDIMScheduler",
+        seed=42,
+        lora_model="detail,style",
+        lora_strength="0.5,1",
+        vae="ft-mse",
+        clip_skip=2,
+        tomesd="no",
+        use_karras_sigmas="no",
+        enhance_prompt="no",
+        track_id="track-9",
+    )
+    result = await run(make_backend(fake), job)
+
+    body = fake.submits[0].body
+    assert body is not None
+    expected = {k: v for k, v in job.request.api_body().items() if v is not None}
+    assert {k: body[k] for k in expected if k != "init_image"} == {
+        k: v for k, v in expected.items() if k != "init_image"
+    }
+    assert body["key"] == API_KEY and body["base64"] == "yes"
+    assert base64.b64decode(body["init_image"]) == INIT
+    assert type(body["samples"]) is int and type(body["num_inference_steps"]) is int
+    assert type(body["guidance_scale"]) is float and body["guidance_scale"] == 5.0
+    assert "webhook" not in body and "init_image" in body
+    assert result.id == job.id and result.status == "success" and result.track_id == "track-9"
+    assert [(i.width, i.height) for i in result.images] == [(128, 96), (128, 96)]
+    assert close_to(pixel(result.images[0].data, (60, 20)), INVERTED)
+    assert result.meta["seed"] == [42, 43] and result.seeds == [42, 43]
+    assert result.meta["width"] == 128 and "key" not in result.meta
+    assert result.generationTime == 1.25
+    assert result.nsfw_content_detected == [False, False]
+
+
+async def test_size_follows_the_init_image_when_not_given(fake: FakeModelsLab) -> None:
+    await run(make_backend(fake), make_job())
+    body = fake.submits[0].body
+    assert body is not None and (body["width"], body["height"]) == (512, 344)
+
+
+async def test_an_init_image_url_is_sent_as_url(fake: FakeModelsLab) -> None:
+    url = fake.add_input(INIT)
+    result = await run(make_backend(fake), make_job(init_image=url))
+    body = fake.submits[0].body
+    assert body is not None and body["init_image"] == url and "base64" not in body
+    assert close_to(pixel(result.images[0].data, (10, 10)), INVERTED)
+
+
+async def test_a_webp_init_image_is_uploaded_as_png(fake: FakeModelsLab) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 30)).save(buffer, format="WEBP", lossless=True)
+    await run(make_backend(fake), make_job(init=buffer.getvalue()))
+    body = fake.submits[0].body
+    assert body is not None and base64.b64decode(body["init_image"]).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("style", ["old", "new"])
+async def test_processing_is_polled_through_fetch_result(fake: FakeModelsLab, style: str) -> None:
+    fake.polls, fake.style = 3, style
+    events: list[ProgressEvent] = []
+    result = await run(make_backend(fake), make_job(), events)
+
+    assert len(fake.submits) == 1 and len(fake.fetches) == 3
+    assert {r.path for r in fake.fetches} == {f"/api/v3/dreambooth/fetch/{next(iter(fake.jobs))}"}
+    assert all(r.body and r.body["key"] == API_KEY for r in fake.fetches)
+    assert fake.early_output_gets == 0, "future_links were fetched as if they were results"
+    assert [e.stage for e in events] == ["queued", "running", "running", "postprocessing"]
+    assert events[0].eta_seconds is not None and 0 < events[0].eta_seconds <= 0.05
+    assert len(result.images) == 1
+
+
+@pytest.mark.parametrize(
+    ("img2img", "fetch_path", "with_request_id"),
+    [
+        ("/api/v1/enterprise/pony/img2img", "/api/v1/enterprise/pony/fetch", True),
+        ("/api/v1/enterprise/img2img", "/api/v1/enterprise/fetch", True),
+        ("/api/v6/images/img2img", "/api/v6/images/fetch/{id}", False),
+    ],
+)
+async def test_fetch_path_is_derived_without_fetch_result(
+    fake: FakeModelsLab, img2img: str, fetch_path: str, with_request_id: bool
+) -> None:
+    fake.polls, fake.send_fetch_result = 2, False
+    await run(make_backend(fake, paths=ApiPaths(img2img)), make_job())
+    api_id = next(iter(fake.jobs))
+    assert fake.submits[0].path == img2img
+    assert [r.path for r in fake.fetches] == [fetch_path.replace("{id}", api_id)] * 2
+    body = fake.fetches[0].body
+    assert body is not None and ("request_id" in body) == with_request_id
+    if with_request_id:
+        assert str(body["request_id"]) == api_id
+
+
+async def test_outputs_that_404_until_ready_are_retried(fake: FakeModelsLab) -> None:
+    fake.output_404s = 2
+    result = await run(make_backend(fake), make_job(samples=2))
+    assert len(result.images) == 2
+    assert sorted(fake.output_gets().values()) == [3, 3]
+
+
+async def test_outputs_that_never_appear_fail_as_backend_error(fake: FakeModelsLab) -> None:
+    fake.output_404s = 100
+    with pytest.raises(BackendError, match="download"):
+        await run(make_backend(fake), make_job())
+    assert list(fake.output_gets().values()) == [FAST_RETRY.download_retries + 1]
+
+
+async def test_base64_text_outputs_are_decoded(fake: FakeModelsLab) -> None:
+    fake.base64_outputs = True
+    result = await run(make_backend(fake), make_job())
+    assert close_to(pixel(result.images[0].data, (10, 10)), INVERTED)
+
+
+@pytest.mark.parametrize(
+    ("seed_style", "request_seed", "expected"),
+    [
+        ("int", 7, [7, 8, 9]),
+        ("list", 7, [7, 17, 27]),
+        ("none", 7, [7, 8, 9]),
+        ("none", None, [-1] * 3),
+    ],
+)
+async def test_seeds_come_from_the_response(
+    fake: FakeModelsLab, seed_style: str, request_seed: int | None, expected: list[int]
+) -> None:
+    fake.seed_style = seed_style
+    result = await run(make_backend(fake), make_job(samples=3, seed=request_seed))
+    assert result.meta["seed"] == expected and result.seeds == expected
+
+
+# -- NSFW -----------------------------------------------------------------------------------------
+
+
+async def test_backend_flags_are_reported_and_censored_when_checking(fake: FakeModelsLab) -> None:
+    fake.nsfw = [True, False]
+    detector = FakeDetector(score=0.0)
+    result = await run(
+        make_backend(fake, detector=detector),
+        make_job(samples=2, safety_checker="yes", safety_checker_type="black"),
+    )
+    assert result.nsfw_content_detected == [True, False] and detector.calls == 1
+    assert close_to(pixel(result.images[0].data, (64, 64)), (0, 0, 0))
+    assert close_to(pixel(result.images[1].data, (64, 64)), INVERTED)
+
+
+async def test_detector_flags_with_safety_checker_on(fake: FakeModelsLab) -> None:
+    detector = FakeDetector(score=0.9)
+    result = await run(make_backend(fake, detector=detector), make_job(safety_checker="yes"))
+    assert result.nsfw_content_detected == [True] and detector.calls == 1
+
+
+async def test_safety_checker_off_reports_but_does_not_censor(fake: FakeModelsLab) -> None:
+    fake.nsfw = True
+    detector = FakeDetector(score=1.0)
+    result = await run(make_backend(fake, detector=detector), make_job(safety_checker="no"))
+    assert result.nsfw_content_detected == [True] and detector.calls == 0
+    assert close_to(pixel(result.images[0].data, (64, 64)), INVERTED)
+
+
+# -- errors and retries ---------------------------------------------------------------------------
+
+RATE_LIMITED = {
+    "status": "error",
+    "message": "Rate limit exceeded. Maximum 5 queued requests allowed.",
+    "retry_after": 0.01,
+}
+
+
+async def test_rate_limits_are_retried_then_succeed(fake: FakeModelsLab) -> None:
+    fake.script(
+        "img2img", Reply(200, RATE_LIMITED), Reply(429, {"status": "error", "message": "Too Many"})
+    )
+    result = await run(make_backend(fake), make_job())
+    assert len(fake.submits) == 3 and len(result.images) == 1
+
+
+async def test_rate_limit_that_persists_is_unavailable(fake: FakeModelsLab) -> None:
+    fake.script("img2img", *[Reply(200, RATE_LIMITED)] * 10)
+    with pytest.raises(BackendUnavailable, match="rate limit"):
+        await run(make_backend(fake), make_job())
+    assert len(fake.submits) == FAST_RETRY.max_retries + 1
+
+
+async def test_a_retry_after_past_the_deadline_fails_at_once(fake: FakeModelsLab) -> None:
+    fake.script("img2img", Reply(200, {**RATE_LIMITED, "retry_after": 30}))
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="rate limit"):
+        await run(make_backend(fake, job_timeout=5.0), make_job())
+    assert time.monotonic() - started < 2 and len(fake.submits) == 1
+
+
+HTML_500 = Reply(500, "<html><body><h1>500 Server Error</h1></body></html>", "text/html")
+
+
+async def test_a_500_html_page_is_retried(fake: FakeModelsLab) -> None:
+    fake.polls = 1
+    fake.script("img2img", HTML_500)
+    fake.script("fetch", Reply(503, {"status": "error", "message": "Service Unavailable"}))
+    result = await run(make_backend(fake), make_job())
+    assert len(fake.submits) == 2 and len(fake.fetches) == 2 and result.images
+
+
+async def test_a_500_html_page_that_persists_is_a_clear_error(fake: FakeModelsLab) -> None:
+    fake.script("img2img", *[HTML_500] * 10)
+    with pytest.raises(BackendUnavailable, match="HTML page"):
+        await run(make_backend(fake), make_job())
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (Reply(200, '{"status": "success", "output": ['), "not valid JSON"),
+        (Reply(200, "<!DOCTYPE html><html>Cloudflare</html>", "text/html"), "HTML page"),
+        (Reply(200, "[1, 2]"), "not an object"),
+        (Reply(200, {"output": []}), "without a status"),
+    ],
+)
+async def test_malformed_answers_are_backend_errors(
+    fake: FakeModelsLab, reply: Reply, match: str
+) -> None:
+    fake.script("img2img", reply)
+    with pytest.raises(BackendError, match=match) as caught:
+        await run(make_backend(fake), make_job())
+    assert not isinstance(caught.value, BackendUnavailable)
+
+
+async def test_connection_refused_is_unavailable() -> None:
+    async with FakeModelsLab() as gone:
+        url = gone.base_url
+    backend = ModelsLabBackend(
+        pool=EndpointPool([url], [SecretStr(API_KEY)]),
+        paths=ApiPaths(),
+        detector=None,
+        threshold=0.5,
+        retry=FAST_RETRY,
+    )
+    with pytest.raises(BackendUnavailable, match="Could not reach ModelsLab"):
+        await run(backend, make_job())
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, {"status": "error", "message": "Invalid Api Key", "tip": "..."}),
+        Reply(401, {"status": "error", "message": "Unauthenticated."}),
+        Reply(401, "<html>401</html>", "text/html"),
+    ],
+)
+async def test_an_invalid_key_is_unavailable(fake: FakeModelsLab, reply: Reply) -> None:
+    fake.script("img2img", reply)
+    with pytest.raises(BackendUnavailable, match="The ModelsLab API key was refused"):
+        await run(make_backend(fake), make_job())
+    assert len(fake.submits) == 1
+
+
+async def test_an_unknown_key_is_refused_by_the_fake_itself(fake: FakeModelsLab) -> None:
+    backend = make_backend(fake, pool=EndpointPool([fake.base_url], [SecretStr("sk-wrong")]))
+    with pytest.raises(BackendUnavailable, match="key was refused"):
+        await run(backend, make_job())
+
+
+async def test_model_not_found_names_model_id(fake: FakeModelsLab) -> None:
+    with pytest.raises(InvalidRequest, match="no-such-model") as caught:
+        await run(make_backend(fake), make_job(model_id="no-such-model"))
+    assert caught.value.field == "model_id"
+
+
+async def test_field_errors_name_the_fields(fake: FakeModelsLab) -> None:
+    errors = {"width": ["The width must not be greater than 1024."], "scheduler": ["Invalid."]}
+    fake.script("img2img", Reply(422, {"status": "error", "message": errors}))
+    with pytest.raises(InvalidRequest, match="width, scheduler") as caught:
+        await run(make_backend(fake), make_job())
+    assert caught.value.field == "width"
+
+
+@pytest.mark.parametrize("polls", [0, 2])
+async def test_failed_jobs_are_backend_errors(fake: FakeModelsLab, polls: int) -> None:
+    fake.polls, fake.fail_jobs = polls, True
+    with pytest.raises(BackendError, match="Failed, Try Again") as caught:
+        await run(make_backend(fake), make_job())
+    assert not isinstance(caught.value, BackendUnavailable)
+
+
+async def test_a_hanging_api_times_out_per_request(fake: FakeModelsLab) -> None:
+    fake.script("img2img", Reply(hang=True), Reply(hang=True))
+    backend = make_backend(
+        fake, request_timeout=0.2, retry=RetryPolicy(max_retries=1, base_delay=0.01)
+    )
+    with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.2 s"):
+        await run(backend, make_job())
+    assert len(fake.submits) == 2
+
+
+async def test_a_job_that_never_finishes_hits_the_job_timeout(fake: FakeModelsLab) -> None:
+    fake.polls = 10**6
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout, match=r"within 0\.5 s"):
+        await run(make_backend(fake, job_timeout=0.5), make_job())
+    assert 0.5 <= time.monotonic() - started < 3 and fake.fetches
+
+
+def test_response_parsing_accepts_every_documented_form() -> None:
+    old = parse_body(
+        200,
+        b'{"status":"processing","eta":"13.07","messege":"Try later","fetch_result":"https://x/f/1",'
+        b'"id":29763508,"output":"","future_links":["https://x/0.png"]}',
+    )
+    assert (old.status, old.eta, old.text, old.id, old.output) == (
+        "processing",
+        13.07,
+        "Try later",
+        "29763508",
+        [],
+    )
+    assert old.future_links == ["https://x/0.png"] and not old.finished
+    failed = parse_body(
+        200, b'{"status":"failed","id":"","message":"Failed, Try Again","output":""}'
+    )
+    assert failed.failed and failed.id is None
+    success = parse_body(
+        200,
+        b'{"status":"success","id":null,"output":["https://x/1.png"],'
+        b'"nsfw_content_detected":false,"meta":{"seed":1}}',
+    )
+    assert success.finished and success.flags(2) == [False, False]
+
+
+# -- concurrency, cancellation, keys --------------------------------------------------------------
+
+
+async def test_in_flight_jobs_are_bounded(fake: FakeModelsLab) -> None:
+    fake.polls = 3
+    backend = make_backend(fake, max_in_flight=3)
+    assert backend.capacity == 3
+    try:
+        jobs = [make_job() for _ in range(9)]
+        results = await asyncio.gather(
+            *(backend.generate(job, lambda e: None, CancelToken()) for job in jobs)
+        )
+    finally:
+        await backend.aclose()
+    assert [r.id for r in results] == [j.id for j in jobs]
+    assert fake.max_in_flight == 3 and len(fake.submits) == 9
+
+
+async def test_a_waiting_job_is_cancelled_promptly(fake: FakeModelsLab) -> None:
+    fake.polls, fake.eta = 10**6, 30.0
+    token = CancelToken()
+
+    def cancel_when_queued(event: ProgressEvent) -> None:
+        if event.stage == "queued":
+            token.cancel()
+
+    backend = make_backend(fake, poll=PATIENT_POLL)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            await asyncio.wait_for(backend.generate(make_job(), cancel_when_queued, token), 10)
+    finally:
+        await backend.aclose()
+    assert time.monotonic() - started < 2 and fake.fetches == []
+
+
+async def test_a_job_queued_behind_the_bound_is_cancellable(fake: FakeModelsLab) -> None:
+    fake.polls, fake.eta = 10**6, 30.0
+    backend = make_backend(fake, max_in_flight=1, poll=PATIENT_POLL)
+    first_at_api, second_waiting = asyncio.Event(), asyncio.Event()
+    tokens = [CancelToken(), CancelToken()]
+    first = asyncio.ensure_future(
+        backend.generate(make_job(), lambda e: first_at_api.set(), tokens[0])
+    )
+    try:
+        await first_at_api.wait()
+        second = asyncio.ensure_future(
+            backend.generate(make_job(), lambda e: second_waiting.set(), tokens[1])
+        )
+        await second_waiting.wait()  # "Waiting for a free ModelsLab slot"
+        tokens[1].cancel()
+        with pytest.raises(Cancelled):
+            await asyncio.wait_for(second, 5)
+        assert len(fake.submits) == 1
+        tokens[0].cancel()
+        with pytest.raises(Cancelled):
+            await asyncio.wait_for(first, 5)
+    finally:
+        await backend.aclose()
+    assert len(fake.submits) == 1 and fake.fetches == []
+
+
+async def test_keys_and_origins_are_spread_round_robin(fake: FakeModelsLab) -> None:
+    keys = ("sk-one-111111", "sk-two-222222")
+    fake.keys = set(keys)
+    backend = make_backend(fake, pool=EndpointPool([fake.base_url], [SecretStr(k) for k in keys]))
+    try:
+        for _ in range(4):
+            await backend.generate(make_job(), lambda e: None, CancelToken())
+        own = make_job(key="sk-one-111111")
+        await backend.generate(own, lambda e: None, CancelToken())
+    finally:
+        await backend.aclose()
+    assert [r.key for r in fake.submits] == [*keys, *keys, "sk-one-111111"]
+
+
+def test_settings_build_the_pool_paths_and_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = InferenceSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        MODELSLAB_API_KEY="sk-a",
+        MODELSLAB_API_KEYS="sk-b, sk-a",
+        MODELSLAB_BASE_URLS="http://one.test,http://two.test",
+        MODELSLAB_IMG2IMG_PATH="/api/v6/images/img2img",
+        MODELSLAB_MAX_IN_FLIGHT=7,
+    )
+    backend = ModelsLabBackend.from_settings(settings, detector=FakeDetector())
+    assert backend.capacity == 7 and backend.name == "modelslab"
+    endpoints = [backend._pool.next() for _ in range(4)]
+    assert [(e.base_url, e.key.get_secret_value()) for e in endpoints] == [
+        ("http://one.test", "sk-a"),
+        ("http://two.test", "sk-b"),
+    ] * 2
+    assert backend._paths.fetch_template() == "/api/v6/images/fetch/{id}"
+    assert "sk-a" not in repr(endpoints) and "sk-b" not in repr(backend.__dict__)
+
+
+# -- webhook --------------------------------------------------------------------------------------
+
+
+async def test_the_webhook_completes_a_job_before_polling_would(fake: FakeModelsLab) -> None:
+    fake.polls, fake.eta, fake.webhook_repeats = 10**6, 30.0, 2
+    receiver = WebhookReceiver("127.0.0.1:0")
+    backend = make_backend(fake, webhook=receiver, poll=PATIENT_POLL)
+    job = make_job(track_id="mine")
+    started = time.monotonic()
+    result = await asyncio.wait_for(run(backend, job), 10)
+    assert time.monotonic() - started < 5
+    assert fake.fetches == [] and len(result.images) == 1 and result.track_id == "mine"
+    body = fake.submits[0].body
+    assert body is not None and "token=" in body["webhook"] and body["track_id"] == job.id
+    assert "webhook" not in result.meta or result.meta["webhook"] is None
+    assert fake.webhook_answers == [200, 200]
+
+
+async def test_the_webhook_refuses_forged_and_dedups_deliveries() -> None:
+    receiver = WebhookReceiver("127.0.0.1:0")
+    await receiver.start()
+    try:
+        waiting = receiver.expect("job-1")
+        payload = {"status": "success", "id": 5, "track_id": "job-1", "output": ["http://x/1.png"]}
+        unmatched = {"status": "success", "id": 5, "output": ["http://x/1.png"]}
+        forged = receiver.url.split("?")[0] + "?token=guess"
+        async with httpx.AsyncClient() as client:
+            assert (await client.post(forged, json=payload)).status_code == 403
+            assert not waiting.done()
+            processing = {"status": "processing", "id": 5, "track_id": "job-1"}
+            assert (await client.post(receiver.url, json=processing)).json()["status"] == "ignored"
+            assert (await client.post(receiver.url, json=unmatched)).json()["status"] == "ignored"
+            assert (await client.post(receiver.url, json=payload)).json()["status"] == "ok"
+            assert (await client.post(receiver.url, json=payload)).json()["status"] == "duplicate"
+            assert (await client.post(receiver.url, content=b"<html>")).status_code == 400
+        answer = await asyncio.wait_for(waiting, 1)
+        assert answer.finished and answer.id == "5"
+        early = {"status": "failed", "id": 6, "track_id": "job-2", "message": "Failed, Try Again"}
+        async with httpx.AsyncClient() as client:
+            await client.post(receiver.url, json=early)
+        late = receiver.expect("job-2")
+        assert late.done() and late.result().failed
+    finally:
+        await receiver.aclose()
+
+
+# -- secrets --------------------------------------------------------------------------------------
+
+
+async def test_the_key_is_in_no_log_line_exception_or_result(
+    fake: FakeModelsLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.polls = 2
+    fake.script("img2img", Reply(200, RATE_LIMITED))
+    settings = InferenceSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        MODELSLAB_API_KEY=API_KEY,
+        MODELSLAB_BASE_URL=fake.base_url,
+        IMG2IMG_NSFW_THRESHOLD=0.5,
+    )
+    backend = ModelsLabBackend.from_settings(
+        settings, detector=FakeDetector(), retry=FAST_RETRY, poll=FAST_POLL
+    )
+    try:
+        result = await backend.generate(make_job(), lambda e: None, CancelToken())
+        fake.script(
+            "img2img", Reply(200, {"status": "error", "message": f"Invalid Api Key {API_KEY}"})
+        )
+        with pytest.raises(BackendUnavailable) as refused:
+            await backend.generate(make_job(), lambda e: None, CancelToken())
+        fake.script("img2img", Reply(200, {"status": "failed", "message": f"bad {API_KEY} here"}))
+        with pytest.raises(BackendError) as failed:
+            await backend.generate(make_job(), lambda e: None, CancelToken())
+    finally:
+        await backend.aclose()
+    assert len(fake.submits) == 4 and all(r.key == API_KEY for r in fake.submits)
+    assert any(r.name.startswith("httpx") for r in caplog.records), "httpx logs were not captured"
+    texts = [r.getMessage() + repr(r.args) + repr(r.__dict__) for r in caplog.records]
+    texts += [
+        str(refused.value),
+        repr(refused.value),
+        str(failed.value),
+        result.model_dump_json(),
+        repr(result),
+        str(result.to_wire()),
+        repr(backend),
+        repr(backend.__dict__),
+        caplog.text,
+    ]
+    assert "bad *** here" in str(failed.value)
+    assert not [t for t in texts if API_KEY in t]
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("0.0.0.0:8088", ("0.0.0.0", 8088)), (":9", ("0.0.0.0", 9)), ("[::1]:80", ("::1", 80))],
+)
+def test_webhook_listen_is_parsed_or_refused(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+    with pytest.raises(BackendUnavailable, match="MODELSLAB_WEBHOOK_LISTEN"):
+        parse_listen(listen.replace(":", "/"))
