@@ -7,10 +7,12 @@ import time
 from typing import Any
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.catalog import Catalog
 from bot.config import BotSettings
+from bot.errors import report_unexpected
 from bot.jobs import FairQueue, QueueLimits
 from bot.present import JobReporter, ViewFactory
 from bot.store import JobRecord, JobStore
@@ -65,6 +67,7 @@ class Img2ImgBot(commands.Bot):
         self.resumed_jobs = 0
 
     async def setup_hook(self) -> None:
+        self.tree.on_error = self._on_command_error  # type: ignore[method-assign]
         await self.store.open()
         purged = await self.store.purge_older_than(
             time.time() - self.settings.retention_days * 86_400
@@ -75,6 +78,12 @@ class Img2ImgBot(commands.Bot):
             await self.load_extension(extension)
         await self._sync_commands()
         await self._resume_unfinished()
+
+    async def _on_command_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        name = interaction.command.qualified_name if interaction.command else "a command"
+        await report_unexpected(interaction, getattr(error, "original", error), f"/{name}")
 
     async def _sync_commands(self) -> None:
         if self.settings.dev_guild_id:
@@ -128,8 +137,8 @@ class Img2ImgBot(commands.Bot):
         )
 
     async def close(self) -> None:
-        """Finish running jobs (up to 30 s); the rest stay in the store and resume later."""
-        await self.queue.close(grace=30.0)
+        """Let running jobs finish (up to the shutdown grace); the rest resume after a restart."""
+        await self.queue.close(grace=self.settings.shutdown_grace)
         await self.backend.aclose()
         await super().close()
         await self.store.close()

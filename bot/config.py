@@ -39,4 +39,5 @@ class BotSettings(BaseSettings):
         0, ge=0, validation_alias=_env("IMG2IMG_DAILY_QUOTA_GUILD"), description="0: unlimited"
     )
     retention_days: int = Field(30, ge=1, validation_alias=_env("IMG2IMG_RETENTION_DAYS"))
+    shutdown_grace: float = Field(30.0, ge=0, validation_alias=_env("IMG2IMG_SHUTDOWN_GRACE"))
     progress_interval: float = Field(1.5, gt=0, validation_alias=_env("IMG2IMG_PROGRESS_INTERVAL"))

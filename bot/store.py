@@ -246,7 +246,10 @@ def _record(row: sqlite3.Row) -> JobRecord:
         owner_id=row["owner_id"],
         guild_id=row["guild_id"],
         channel_id=row["channel_id"],
-        request=Img2ImgRequest.model_validate_json(row["request"]),
+        # Checked when the job was accepted; the URL rules may have changed since.
+        request=Img2ImgRequest.model_validate_json(
+            row["request"], context={"allow_private_urls": True}
+        ),
         init_image=row["init_image"],
         status=row["status"],
         created_at=row["created_at"],

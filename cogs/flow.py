@@ -171,7 +171,8 @@ async def submit_job(
     if source.public_url and source.data is None:
         body["init_image"] = source.public_url
     try:
-        request = Img2ImgRequest.model_validate(body)
+        context = {"allow_private_urls": bot.inference_settings.allow_private_urls}
+        request = Img2ImgRequest.model_validate(body, context=context)
     except ValidationError as exc:
         await _respond(interaction, describe_validation_error(exc))
         return None

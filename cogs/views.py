@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot.errors import report_unexpected
 from bot.store import JobRecord
 from cogs.flow import ImageSource, parse_options_line, submit_job
 from inference import InvalidRequest
@@ -133,27 +134,59 @@ def _same_options(record: JobRecord, **changes: Any) -> dict[str, Any]:
     return body
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:cancel:{JOB}"):
-    def __init__(self, job_id: str) -> None:
+class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:never:(?!)"):
+    """A button acting on one job; subclasses set `action`, the look, and `act`."""
+
+    action = "never"
+    label = ""
+    emoji: str | None = None
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, job_id: str, number: int | None = None) -> None:
+        suffix = f":{number}" if number is not None else ""
         super().__init__(
             discord.ui.Button(
-                label="Cancel",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"i2i:cancel:{job_id}",
+                label=self.label + (f" {number}" if number is not None else ""),
+                emoji=self.emoji,
+                style=self.style,
+                custom_id=f"i2i:{self.action}:{job_id}{suffix}",
             )
         )
         self.job_id = job_id
+        self.number = number
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> CancelButton:
-        return cls(match["job"])
+    ) -> JobButton:
+        number = match.groupdict().get("n")
+        return cls(match["job"], int(number) if number else None)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        record = await _record(interaction, self.job_id)
-        if record is None:
-            return
+        try:
+            record = await _record(interaction, self.job_id)
+            if record is not None:
+                await self.act(interaction, record)
+        except Exception as exc:
+            await report_unexpected(interaction, exc, f"{self.action} button of job {self.job_id}")
+
+    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+        raise NotImplementedError
+
+
+async def _needs_input(interaction: discord.Interaction[Any], record: JobRecord) -> bool:
+    if record.init_image:
+        return False
+    await interaction.response.send_message(
+        "The input image of that job is no longer stored.", ephemeral=True
+    )
+    return True
+
+
+class CancelButton(JobButton, template=rf"i2i:cancel:{JOB}"):
+    action, label = "cancel", "Cancel"
+
+    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
         if not _may_manage(interaction, record):
             await interaction.response.send_message(
                 "Only the person who asked for this job (or a moderator) can cancel it.",
@@ -168,127 +201,45 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i
             )
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:reroll:{JOB}"):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Reroll",
-                emoji="🎲",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"i2i:reroll:{job_id}",
-            )
-        )
-        self.job_id = job_id
+class RerollButton(JobButton, template=rf"i2i:reroll:{JOB}"):
+    action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.primary
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RerollButton:
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        record = await _record(interaction, self.job_id)
-        if record is None:
-            return
-        if not record.init_image:
-            await interaction.response.send_message(
-                "The input image of that job is no longer stored.", ephemeral=True
-            )
-            return
-        await submit_job(
-            interaction, _same_options(record, seed=None), ImageSource(data=record.init_image)
-        )
+    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+        if not await _needs_input(interaction, record):
+            source = ImageSource(data=record.init_image)
+            await submit_job(interaction, _same_options(record, seed=None), source)
 
 
-class RemixButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:remix:{JOB}"):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Remix",
-                emoji="✏️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"i2i:remix:{job_id}",
-            )
-        )
-        self.job_id = job_id
+class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
+    action, label, emoji = "remix", "Remix", "✏️"
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RemixButton:
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        record = await _record(interaction, self.job_id)
-        if record is None:
-            return
-        if not record.init_image:
-            await interaction.response.send_message(
-                "The input image of that job is no longer stored.", ephemeral=True
-            )
-            return
-        modal = _remix_modal(record, ImageSource(data=record.init_image), "Remix")
-        await interaction.response.send_modal(modal)
+    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+        if not await _needs_input(interaction, record):
+            modal = _remix_modal(record, ImageSource(data=record.init_image), "Remix")
+            await interaction.response.send_modal(modal)
 
 
-class UseImageButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:use:{JOB}:(?P<n>[1-9])"
-):
-    def __init__(self, job_id: str, number: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=f"Use {number}",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"i2i:use:{job_id}:{number}",
-            )
-        )
-        self.job_id = job_id
-        self.number = number
+class UseImageButton(JobButton, template=rf"i2i:use:{JOB}:(?P<n>[1-9])"):
+    action, label = "use", "Use"
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> UseImageButton:
-        return cls(match["job"], int(match["n"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        record = await _record(interaction, self.job_id)
-        if record is None:
-            return
+    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+        number = self.number or 1
         attachments = interaction.message.attachments if interaction.message else []
-        if len(attachments) < self.number:
+        if len(attachments) < number:
             await interaction.response.send_message(
-                f"Image {self.number} is not on that message any more.", ephemeral=True
+                f"Image {number} is not on that message any more.", ephemeral=True
             )
             return
-        source = ImageSource(attachment=attachments[self.number - 1])
+        source = ImageSource(attachment=attachments[number - 1])
         await interaction.response.send_modal(
-            _remix_modal(record, source, f"Img2Img from image {self.number}")
+            _remix_modal(record, source, f"Img2Img from image {number}")
         )
 
 
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i2i:delete:{JOB}"):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Delete",
-                emoji="🗑️",
-                style=discord.ButtonStyle.danger,
-                custom_id=f"i2i:delete:{job_id}",
-            )
-        )
-        self.job_id = job_id
+class DeleteButton(JobButton, template=rf"i2i:delete:{JOB}"):
+    action, label, emoji, style = "delete", "Delete", "🗑️", discord.ButtonStyle.danger
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> DeleteButton:
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        record = await _record(interaction, self.job_id)
-        if record is None:
-            return
+    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
         if not _may_manage(interaction, record):
             await interaction.response.send_message(
                 "Only the person who asked for these images (or a moderator) can delete them.",

@@ -1,0 +1,32 @@
+"""Unexpected exceptions in commands and buttons: logged with an id, answered with that id."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import discord
+
+__all__ = ["report_unexpected"]
+
+log = logging.getLogger("bot.errors")
+
+
+async def report_unexpected(
+    interaction: discord.Interaction[Any], error: BaseException, where: str
+) -> None:
+    """Log `error` with a fresh error id and tell the user that id (never a stack trace)."""
+    error_id = secrets.token_hex(4)
+    log.error("error %s in %s", error_id, where, exc_info=error)
+    text = (
+        f"Something went wrong on our side (error `{error_id}`). Please try again, or tell the "
+        "server admins that id."
+    )
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not report error %s to the user", error_id)

@@ -1,0 +1,71 @@
+"""Run the real bot (the real discord.py client, the real cogs) against the loopback Discord."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fakediscord import FakeDiscord, running_client
+from fakediscord.records import StoredMessage
+from PIL import Image
+
+from bot.catalog import load_catalog
+from bot.client import Img2ImgBot
+from bot.config import BotSettings
+from bot.store import JobStore
+from inference import Backend, InferenceSettings
+
+BOT_TOKEN = "MTIz.fake-bot-TOKEN-never-shown"
+
+
+def bot_settings(fake: FakeDiscord, database: Path, **overrides: Any) -> BotSettings:
+    values: dict[str, Any] = {
+        "discord_token": BOT_TOKEN,
+        "discord_api_base": fake.api_base,
+        "discord_gateway_url": fake.gateway_url,
+        "database": database,
+        "progress_interval": 0.05,
+        "shutdown_grace": 0.0,
+        "max_pending_per_user": 3,
+        **overrides,
+    }
+    return BotSettings(**values)
+
+
+@asynccontextmanager
+async def running_bot(
+    fake: FakeDiscord,
+    backend: Backend,
+    database: Path,
+    models_file: Path,
+    **overrides: Any,
+) -> AsyncIterator[Img2ImgBot]:
+    """The bot, logged in to `fake`, commands synced; closed (and its backend) on exit."""
+    settings = bot_settings(fake, database, **overrides)
+    inference_settings = InferenceSettings(allow_private_urls=True, models_file=models_file)
+    bot = Img2ImgBot(
+        settings=settings,
+        inference_settings=inference_settings,
+        backend=backend,
+        store=JobStore(database),
+        catalog=load_catalog(models_file),
+    )
+    mark = fake.mark()
+    async with running_client(bot, fake, token=BOT_TOKEN) as running:
+        await fake.wait_commands_synced(after=mark)
+        yield running
+
+
+def image_sizes(message: StoredMessage) -> list[tuple[int, int]]:
+    return [Image.open(io.BytesIO(f.data)).size for f in message.attachments]
+
+
+def button_labels(message: StoredMessage) -> list[str]:
+    return [c.get("label", "") for c in message.walk_components() if c.get("type") == 2]
+
+
+def has_images(count: int) -> Any:
+    return lambda message: len(message.attachments) == count

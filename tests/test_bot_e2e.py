@@ -1,0 +1,400 @@
+"""End to end: the real discord.py bot, a loopback Discord, the local backend on a tiny model.
+
+The GPU worker is held at a known point with a gate (the engine's hook before each pipeline
+call) so queued and running states are reached without sleeps.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from bot_harness import BOT_TOKEN, button_labels, has_images, image_sizes, running_bot
+from fakediscord import FakeDiscord
+from PIL import Image
+from test_local_backend import FakeDetector, Gate
+from tiny_models import TinyModels, gradient_image, png_bytes, tiny_models
+
+from inference.local.backend import LocalBackend
+from inference.local.registry import ModelRegistry
+
+pytest_plugins = ["fakediscord.fixtures"]
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+FAST: dict[str, Any] = {"width": 64, "height": 64, "strength": 0.3}
+INPUT = png_bytes(gradient_image(96, 64))
+WAIT = 120.0
+
+
+@pytest.fixture(scope="module")
+def models() -> TinyModels:
+    return tiny_models()
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+def is_queued(message: Any) -> bool:
+    """The position the queue reported (shown once the job is really in the queue)."""
+    return str(message.content).startswith("Queued:")
+
+
+def has_seed(seed: int) -> Any:
+    def match(message: Any) -> bool:
+        files = message.attachments
+        return len(files) == 1 and f"seed {seed}" in (files[0].description or "")
+
+    return match
+
+
+def make_backend(models: TinyModels, gate: Gate, score: float = 0.0) -> LocalBackend:
+    return LocalBackend(
+        ModelRegistry.load(models.models_file),
+        device="cpu",
+        batch_size=1,
+        detector=FakeDetector(score),
+        threshold=0.5,
+        oom_hook=gate,
+        gather_seconds=0.0,
+    )
+
+
+@pytest.fixture
+async def bot(
+    fake_discord: FakeDiscord, models: TinyModels, gate: Gate, tmp_path: Path
+) -> AsyncIterator[Any]:
+    backend = make_backend(models, gate)
+    database = tmp_path / "jobs.sqlite3"
+    async with running_bot(fake_discord, backend, database, models.models_file) as b:
+        try:
+            yield b
+        finally:
+            gate.opened.set()
+
+
+async def slash(fake: FakeDiscord, user: Any = None, channel: Any = None, **options: Any) -> Any:
+    body = {"prompt": "a red fox", "image": fake.attachment(INPUT, "fox.png"), **FAST, **options}
+    return await fake.slash_command("img2img", body, user=user, channel=channel)
+
+
+async def test_slash_command_posts_one_message_with_images_and_buttons(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    inter = await slash(fake, user=fake.world.bob, samples=2, seed=5)
+    ack = await inter.wait_response()
+    assert ack.type == 5 and ack.elapsed < 3 and not ack.ephemeral
+    done = await inter.wait_original(has_images(2), timeout=WAIT)
+    assert image_sizes(done) == [(64, 64), (64, 64)]
+    assert button_labels(done) == ["Reroll", "Remix", "Delete", "Use 1", "Use 2"]
+    fields = {f["name"]: f["value"] for f in done.embeds[0]["fields"]}
+    assert fields["Seeds"] == "5, 6" and fields["Size"] == "64×64"
+    progress = [r.content for r in done.revisions if "`[" in r.content]
+    assert progress, [r.content for r in done.revisions]
+    assert any("Queued" in r.content for r in done.revisions)
+    assert not any(f.spoiler for f in done.attachments)
+    assert len([m for m in fake.messages(fake.world.general) if m.attachments]) == 1
+
+
+async def test_image_url_is_fetched(fake_discord: FakeDiscord, bot: Any) -> None:
+    fake = fake_discord
+    url = fake.host_file(INPUT, "hosted.png", "image/png")
+    inter = await fake.slash_command("img2img", {"prompt": "a fox", "image_url": url, **FAST})
+    done = await inter.wait_original(has_images(1), timeout=WAIT)
+    assert image_sizes(done) == [(64, 64)]
+
+
+async def test_context_menu_opens_a_modal_and_posts_the_result(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    posted = await fake.post_user_message(
+        fake.world.general,
+        fake.world.bob,
+        "look",
+        attachments=[fake.attachment(INPUT, "photo.png")],
+    )
+    menu = await fake.message_command("Img2Img", posted)
+    modal = await menu.wait_response()
+    assert modal.type == 9
+    labels = [
+        c["components"][0]["label"] if "components" in c else c.get("label")
+        for c in modal.data["components"]
+    ]
+    assert labels[0] == "Prompt"
+    submit = await fake.submit_modal(
+        menu,
+        {
+            "Prompt": "an oil painting",
+            "Strength (0.05–1; higher changes more)": "0.3",
+            "Options (name=value …)": "width=64 height=64 seed=9",
+        },
+    )
+    done = await submit.wait_original(has_images(1), timeout=WAIT)
+    fields = {f["name"]: f["value"] for f in done.embeds[0]["fields"]}
+    assert fields["Seeds"] == "9" and image_sizes(done) == [(64, 64)]
+
+
+async def test_context_menu_on_a_message_without_an_image_explains(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    posted = await fake.post_user_message(fake.world.general, fake.world.bob, "just text")
+    menu = await fake.message_command("Img2Img", posted)
+    answer = await menu.wait_response()
+    assert answer.type == 4 and answer.ephemeral
+    assert "no image" in answer.data["content"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"width": 100}, "multiple of 8"),
+        ({"lora_model": "detail", "lora_strength": "0.5,0.5"}, "one strength per LoRA"),
+        ({"strength": 0.02}, "no denoising step"),
+    ],
+)
+async def test_bad_options_get_an_ephemeral_explanation(
+    fake_discord: FakeDiscord, bot: Any, options: dict[str, Any], message: str
+) -> None:
+    inter = await slash(fake_discord, **options)
+    answer = await inter.wait_response()
+    assert answer.type == 4 and answer.ephemeral
+    assert message in answer.data["content"]
+
+
+async def test_a_bad_attachment_is_refused_after_the_ack(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    inter = await fake.slash_command(
+        "img2img", {"prompt": "x", "image": fake.attachment(b"%PDF-1.4 not an image", "a.png")}
+    )
+    followup = await inter.wait_followup(lambda m: m.ephemeral, timeout=WAIT)
+    assert "PDF" in followup.content or "not an image" in followup.content
+
+
+async def test_no_image_at_all_is_explained(fake_discord: FakeDiscord, bot: Any) -> None:
+    inter = await fake_discord.slash_command("img2img", {"prompt": "x"})
+    answer = await inter.wait_response()
+    assert answer.ephemeral and "image_url" in answer.data["content"]
+
+
+async def test_cancel_while_running_and_while_queued(
+    fake_discord: FakeDiscord, bot: Any, gate: Gate
+) -> None:
+    fake = fake_discord
+    gate.close()
+    running = await slash(fake, user=fake.world.bob)
+    await gate.wait_entered()
+    queued = await slash(fake, user=fake.world.alice)
+    queued_msg = await queued.wait_original(lambda m: "Queued" in m.content, timeout=WAIT)
+    stranger = await fake.click(queued_msg, label="Cancel", user=fake.world.bob)
+    refusal = await stranger.wait_response()
+    assert refusal.ephemeral and "Only the person" in refusal.data["content"]
+    click = await fake.click(queued_msg, label="Cancel", user=fake.world.alice)
+    assert (await click.wait_response()).ephemeral
+    await queued.wait_original(lambda m: "Cancelled" in m.content, timeout=WAIT)
+    running_msg = await running.wait_original(timeout=WAIT)
+    await fake.click(running_msg, label="Cancel", user=fake.world.bob)
+    gate.opened.set()
+    final = await running.wait_original(lambda m: "Cancelled" in m.content, timeout=WAIT)
+    assert not final.attachments
+    assert bot.queue.pending_total == 0
+
+
+async def test_two_users_interleave(fake_discord: FakeDiscord, bot: Any, gate: Gate) -> None:
+    fake = fake_discord
+    gate.close()
+    first = await slash(fake, user=fake.world.alice, seed=1)
+    await gate.wait_entered()
+    alice = []
+    for seed in (2, 3):  # one at a time, so alice's own two jobs are queued in this order
+        alice.append(await slash(fake, user=fake.world.alice, seed=seed))
+        await alice[-1].wait_original(is_queued, timeout=WAIT)
+    bob = await slash(fake, user=fake.world.bob, seed=4)
+    queued = await bob.wait_original(is_queued, timeout=WAIT)
+    assert "you're next" in queued.content  # ahead of alice's two waiting jobs
+    gate.opened.set()
+    handles = [first, *alice, bob]
+    finished = []
+    for handle in handles:
+        message = await handle.wait_original(has_images(1), timeout=WAIT)
+        finished.append((message.revisions[-1].at, handle))
+    order = [h for _, h in sorted(finished, key=lambda pair: pair[0])]
+    assert order == [first, bob, alice[0], alice[1]]  # bob does not wait behind alice's second
+
+
+async def test_per_user_limit_is_refused_with_the_queue_state(
+    fake_discord: FakeDiscord, bot: Any, gate: Gate
+) -> None:
+    fake = fake_discord
+    gate.close()
+    await slash(fake, user=fake.world.bob, seed=1)
+    await gate.wait_entered()
+    for seed in (2, 3):
+        await (await slash(fake, user=fake.world.bob, seed=seed)).wait_original(is_queued)
+    fourth = await slash(fake, user=fake.world.bob, seed=4)
+    refusal = await fourth.wait_followup(lambda m: m.ephemeral, timeout=WAIT)
+    assert "3 job(s)" in refusal.content and "limit is 3" in refusal.content
+    gate.opened.set()
+
+
+async def test_nsfw_images_are_censored_and_spoilered(
+    fake_discord: FakeDiscord, models: TinyModels, gate: Gate, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    backend = make_backend(models, gate, score=0.99)
+    async with running_bot(fake, backend, tmp_path / "db.sqlite3", models.models_file):
+        inter = await slash(fake, safety_checker_type="black", samples=2)
+        done = await inter.wait_original(has_images(2), timeout=WAIT)
+    assert all(f.spoiler for f in done.attachments)
+    for file in done.attachments:
+        assert Image.open(io.BytesIO(file.data)).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert "flagged" in done.embeds[0]["footer"]["text"]
+
+
+async def test_the_safety_checker_stays_on_outside_age_restricted_channels(
+    fake_discord: FakeDiscord, models: TinyModels, gate: Gate, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    backend = make_backend(models, gate, score=0.99)
+    async with running_bot(fake, backend, tmp_path / "db.sqlite3", models.models_file) as b:
+        general = await slash(fake, safety_checker="no")
+        in_general = await general.wait_original(has_images(1), timeout=WAIT)
+        nsfw = await slash(fake, safety_checker="no", channel=fake.world.nsfw)
+        in_nsfw = await nsfw.wait_original(has_images(1), timeout=WAIT)
+        dm = await slash(
+            fake, safety_checker="no", channel=fake.world.dm(fake.world.bob), user=fake.world.bob
+        )
+        in_dm = await dm.wait_original(has_images(1), timeout=WAIT)
+        records = await b.store.recent_for_user(fake.world.alice.id)
+    assert in_general.attachments[0].spoiler and in_dm.attachments[0].spoiler
+    assert any("stays on" in r.content for r in in_general.revisions)
+    uncensored = Image.open(io.BytesIO(in_nsfw.attachments[0].data))
+    assert uncensored.getextrema() != ((0, 0), (0, 0), (0, 0))
+    assert {r.request.safety_checker for r in records} == {"yes", "no"}
+
+
+async def test_buttons_reroll_remix_use_and_delete(fake_discord: FakeDiscord, bot: Any) -> None:
+    fake = fake_discord
+    owner, other = fake.world.alice, fake.world.bob
+    inter = await slash(fake, user=owner, seed=7)
+    done = await inter.wait_original(has_images(1), timeout=WAIT)
+
+    reroll = await fake.click(done, label="Reroll", user=other)
+    rerolled = await reroll.wait_original(has_images(1), timeout=WAIT)
+    seeds = {f["name"]: f["value"] for f in rerolled.embeds[0]["fields"]}["Seeds"]
+    assert seeds != "7"
+    assert other.mention in rerolled.content
+
+    remix = await fake.click(done, label="Remix", user=owner)
+    assert (await remix.wait_response()).type == 9
+    remixed = await fake.submit_modal(remix, {"Prompt": "a blue fox"})
+    remixed_msg = await remixed.wait_original(has_images(1), timeout=WAIT)
+    assert remixed_msg.embeds[0]["description"] == "a blue fox"
+
+    use = await fake.click(done, label="Use 1", user=owner)
+    assert (await use.wait_response()).type == 9
+    used = await fake.submit_modal(use, {"Prompt": "from the result"})
+    await used.wait_original(has_images(1), timeout=WAIT)
+
+    stranger = await fake.click(done, label="Delete", user=other)
+    refusal = await stranger.wait_response()
+    assert refusal.ephemeral and "Only the person" in refusal.data["content"]
+    assert not fake.message(done.id).deleted
+    mark = fake.mark()
+    delete = await fake.click(done, label="Delete", user=owner)
+    await delete.wait_response()
+    await fake.wait_for(
+        lambda e: e.kind.value == "message_deleted" and e.message and e.message.id == done.id,
+        timeout=WAIT,
+        after=mark,
+    )
+    assert fake.message(done.id).deleted
+
+
+async def test_restart_resumes_queued_jobs_and_old_buttons_work(
+    fake_discord: FakeDiscord, models: TinyModels, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    database = tmp_path / "restart.sqlite3"
+    gate = Gate()
+    gate.close()
+    async with running_bot(fake, make_backend(models, gate), database, models.models_file):
+        first = await slash(fake, user=fake.world.bob, seed=11)
+        await gate.wait_entered()
+        second = await slash(fake, user=fake.world.alice, seed=12)
+        await second.wait_original(lambda m: "Queued" in m.content, timeout=WAIT)
+        finished_before = [m for m in fake.messages(fake.world.general) if m.attachments]
+    gate.opened.set()
+    assert finished_before == []
+    mark = fake.mark()
+    async with running_bot(fake, make_backend(models, Gate()), database, models.models_file) as b:
+        assert b.resumed_jobs == 2
+        posted = [
+            await fake.wait_message(
+                fake.world.general,
+                has_seed(s),
+            )
+            for s in (11, 12)
+        ]
+        assert all(
+            fake.world.bob.mention in m.content or fake.world.alice.mention in m.content
+            for m in posted
+        )
+        reroll = await fake.click(posted[0], label="Reroll", user=fake.world.bob)
+        await reroll.wait_original(has_images(1), timeout=WAIT)
+    del first, mark
+
+
+async def test_token_expiry_falls_back_to_a_channel_message(
+    fake_discord: FakeDiscord, bot: Any, gate: Gate
+) -> None:
+    fake = fake_discord
+    gate.close()
+    inter = await slash(fake, user=fake.world.bob, seed=3)
+    await gate.wait_entered()
+    inter.expire_token()
+    gate.opened.set()
+    posted = await fake.wait_message(fake.world.general, has_images(1))
+    assert fake.world.bob.mention in posted.content
+    assert button_labels(posted)[:3] == ["Reroll", "Remix", "Delete"]
+
+
+async def test_a_429_from_discord_is_survived(fake_discord: FakeDiscord, bot: Any) -> None:
+    fake = fake_discord
+    fake.inject_429("PATCH", "/webhooks/{application_id}/{token}/messages/@original", times=2)
+    inter = await slash(fake)
+    done = await inter.wait_original(has_images(1), timeout=WAIT)
+    assert image_sizes(done) == [(64, 64)]
+
+
+async def test_autocomplete_lists_models_from_the_registry(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    inter = await fake_discord.autocomplete(
+        "img2img", {"prompt": "x", "model_id": "tiny-"}, "model_id"
+    )
+    answer = await inter.wait_response()
+    assert answer.type == 8
+    assert [c["value"] for c in answer.choices] == ["tiny-file", "tiny-xl"]
+
+
+async def test_the_token_never_appears_in_anything_the_bot_sends(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    inter = await slash(fake)
+    await inter.wait_original(has_images(1), timeout=WAIT)
+    for message in fake.messages(fake.world.general):
+        for revision in message.revisions:
+            assert BOT_TOKEN not in revision.content
+            assert BOT_TOKEN not in repr(revision.embeds)
