@@ -1,0 +1,217 @@
+"""`python -m inference generate` end to end, as a subprocess, against the ModelsLab fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from modelslab_fake import API_KEY, FakeModelsLab, Reply, png_bytes
+from PIL import Image
+
+from inference.images import read_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeModelsLab]:
+    async with FakeModelsLab() as server:
+        yield server
+
+
+async def cli(fake: FakeModelsLab, cwd: Path, *args: str, **env: str) -> Run:
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MODELSLAB_", "IMG2IMG_"))
+    }
+    environ.update(
+        PYTHONPATH=str(ROOT),
+        MODELSLAB_BASE_URL=fake.base_url,
+        MODELSLAB_API_KEY=API_KEY,
+        MODELSLAB_REQUEST_TIMEOUT="5",
+        MODELSLAB_JOB_TIMEOUT="30",
+        MODELSLAB_MAX_RETRIES="1",
+        IMG2IMG_ALLOW_PRIVATE_URLS="true",
+        IMG2IMG_BACKEND="modelslab",
+    )
+    environ.update(env)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "inference",
+        "generate",
+        *args,
+        cwd=cwd,
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    run = Run(process.returncode, out.decode(), err.decode())
+    assert API_KEY not in run.stdout + run.stderr, "the key was printed"
+    return run
+
+
+@pytest.fixture
+def init_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cat.png"
+    path.write_bytes(png_bytes(96, 64))
+    return path
+
+
+async def test_generate_writes_images_and_prints_the_result(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    fake.polls = 2
+    out = tmp_path / "out"
+    run = await cli(
+        fake,
+        tmp_path,
+        "--backend",
+        "modelslab",
+        "--init-image",
+        str(init_file),
+        "--prompt",
+        "a cat in a hat",
+        "--negative-prompt",
+        "blurry",
+        "--samples",
+        "2",
+        "--num-inference-steps",
+        "31",
+        "--safety-checker",
+        "no",
+        "--seed",
+        "1234",
+        "--track-id",
+        "cli-1",
+        "--out",
+        str(out),
+        IMG2IMG_BACKEND="local",  # the flag wins
+    )
+    assert run.code == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["status"] == "success" and result["track_id"] == "cli-1"
+    assert result["meta"]["seed"] == [1234, 1235] and "key" not in result["meta"]
+    assert result["nsfw_content_detected"] == [False, False]
+    assert [Path(p).name for p in result["output"]] == [f"{result['id']}-{i}.png" for i in (0, 1)]
+    for path in result["output"]:
+        with Image.open(path) as image:
+            assert image.size == (512, 344)
+        with open(path, "rb") as written:  # noqa: ASYNC230 - a small local file
+            assert "a cat in a hat" in (read_parameters(written.read()) or "")
+    assert "queued" in run.stderr and "running" in run.stderr
+    body = fake.submits[0].body
+    assert body is not None and body["negative_prompt"] == "blurry" and body["samples"] == 2
+    assert body["num_inference_steps"] == 31 and body["base64"] == "yes"
+
+
+async def test_request_file_with_flags_overriding_and_a_url_init_image(
+    fake: FakeModelsLab, tmp_path: Path
+) -> None:
+    url = fake.add_input(png_bytes(64, 64))
+    request = tmp_path / "body.json"
+    body = {
+        "prompt": "from the file",
+        "samples": "1",
+        "strength": "0.5",
+        "init_image": url,
+        "safety_checker": "no",
+    }
+    request.write_text(json.dumps(body))
+    run = await cli(
+        fake, tmp_path, "--request", str(request), "--strength", "0.9", "--out", str(tmp_path)
+    )
+    assert run.code == 0, run.stderr
+    sent = fake.submits[0].body
+    assert sent is not None and sent["prompt"] == "from the file" and sent["strength"] == 0.9
+    assert sent["init_image"] == url and "base64" not in sent
+    output = json.loads(run.stdout)["output"]
+    assert [Path(p).parent for p in output] == [tmp_path] and len(fake.output_gets()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--num-inference-steps", "22"], "num_inference_steps"),
+        (["--width", "100", "--samples", "9"], "width"),
+        (["--scheduler", "Fancy"], "scheduler"),
+    ],
+)
+async def test_invalid_flags_exit_2_naming_the_field(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path, args: list[str], names: str
+) -> None:
+    run = await cli(fake, tmp_path, "--init-image", str(init_file), "--prompt", "x", *args)
+    assert run.code == 2 and names in run.stderr and "Traceback" not in run.stderr
+    assert fake.submits == [] and run.stdout == ""
+
+
+async def test_a_broken_init_image_exits_2(fake: FakeModelsLab, tmp_path: Path) -> None:
+    broken = tmp_path / "notes.txt"
+    broken.write_text("not an image")
+    run = await cli(fake, tmp_path, "--init-image", str(broken), "--prompt", "x")
+    assert run.code == 2 and "error:" in run.stderr and "Traceback" not in run.stderr
+    assert fake.submits == []
+
+
+async def test_an_unknown_model_exits_2(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    run = await cli(
+        fake,
+        tmp_path,
+        "--init-image",
+        str(init_file),
+        "--prompt",
+        "x",
+        "--model-id",
+        "no-such-model",
+    )
+    assert run.code == 2 and "no-such-model" in run.stderr
+
+
+async def test_a_refused_key_exits_1_without_printing_it(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    fake.keys = {"sk-some-other-key"}
+    run = await cli(fake, tmp_path, "--init-image", str(init_file), "--prompt", "x")
+    assert run.code == 1 and "API key was refused" in run.stderr and run.stdout == ""
+
+
+async def test_a_failing_api_exits_1(fake: FakeModelsLab, tmp_path: Path, init_file: Path) -> None:
+    fake.script("img2img", *[Reply(502, "<html>Bad Gateway</html>", "text/html")] * 2)
+    run = await cli(fake, tmp_path, "--init-image", str(init_file), "--prompt", "x")
+    assert run.code == 1 and "HTML page" in run.stderr and "Traceback" not in run.stderr
+    assert len(fake.submits) == 2
+
+
+async def test_the_default_safety_checker_runs_the_real_detector(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    fake.nsfw = True  # the API's flag is honoured: censored, reported
+    run = await cli(
+        fake,
+        tmp_path,
+        *("--init-image", str(init_file), "--prompt", "x", "--safety-checker-type", "black"),
+        *("--out", str(tmp_path)),
+    )
+    assert run.code == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["nsfw_content_detected"] == [True] and result["meta"]["safety_checker"] == "yes"
+    with Image.open(result["output"][0]) as image:
+        assert image.convert("RGB").getpixel((100, 100)) == (0, 0, 0)
