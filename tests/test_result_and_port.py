@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from inference import CancelToken, Cancelled, GeneratedImage, Img2ImgRequest, Img2ImgResult, Job
+from inference import Cancelled, CancelToken, GeneratedImage, Img2ImgRequest, Img2ImgResult, Job
 from inference.port import ProgressEvent
 from inference.result import effective_meta
 

@@ -1,0 +1,107 @@
+"""Per-batch pipeline set-up: the VAE, the LoRA adapters and their strengths, ToMe.
+
+A cached pipeline is shared by consecutive batches with different options, so each batch states
+what it needs and these functions change only what differs from the pipeline's current state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from inference.errors import InvalidRequest
+from inference.local.loading import LoadedModel
+from inference.local.registry import LoraEntry, VaeEntry
+
+__all__ = ["MAX_LOADED_LORAS", "apply_loras", "apply_tome", "apply_vae"]
+
+log = logging.getLogger(__name__)
+
+MAX_LOADED_LORAS = 8  # adapters kept loaded per model; unused ones beyond this are deleted
+
+
+def apply_vae(model: LoadedModel, entry: VaeEntry | None, load: Callable[[VaeEntry], Any]) -> None:
+    """Use `entry`'s VAE (loaded once per model), or the model's own for None."""
+    name = entry.name if entry else None
+    if model.vae_name == name:
+        return
+    if entry is None:
+        model.pipe.vae = model.own_vae
+    else:
+        if entry.name not in model.vaes:
+            model.vaes[entry.name] = load(entry)
+        model.pipe.vae = model.vaes[entry.name]
+    model.vae_name = name
+
+
+def apply_loras(model: LoadedModel, loras: tuple[tuple[LoraEntry, float], ...]) -> None:
+    """Activate exactly `loras` with their strengths (loading those not loaded yet)."""
+    wanted = tuple((entry.name, strength) for entry, strength in loras)
+    if wanted == model.lora_state:
+        return
+    pipe = model.pipe
+    for entry, _ in loras:
+        if entry.name in model.loras:
+            model.loras.move_to_end(entry.name)
+        else:
+            _load_lora(model, entry)
+    if wanted:
+        pipe.enable_lora()
+        pipe.set_adapters([n for n, _ in wanted], adapter_weights=[s for _, s in wanted])
+    elif model.loras:
+        pipe.disable_lora()
+    model.lora_state = wanted
+    _trim_loras(model, keep={n for n, _ in wanted})
+
+
+def _load_lora(model: LoadedModel, entry: LoraEntry) -> None:
+    options: dict[str, Any] = {"adapter_name": entry.name}
+    if entry.weight_name:
+        options["weight_name"] = entry.weight_name
+    try:
+        model.pipe.load_lora_weights(entry.source.location, **options)
+    except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
+        _forget_adapter(model, entry.name)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InvalidRequest(
+            f"LoRA {entry.name!r} does not fit model {model.name!r} ({model.arch.upper()}); "
+            f"is it made for another architecture? ({detail})",
+            field="lora_model",
+        ) from exc
+    model.loras[entry.name] = None
+    log.info("loaded LoRA %s into %s", entry.name, model.name)
+
+
+def _forget_adapter(model: LoadedModel, name: str) -> None:
+    with contextlib.suppress(ValueError, KeyError, AttributeError):  # nothing of it was loaded
+        model.pipe.delete_adapters([name])
+
+
+def _trim_loras(model: LoadedModel, keep: set[str]) -> None:
+    for name in list(model.loras):
+        if len(model.loras) <= MAX_LOADED_LORAS:
+            break
+        if name not in keep:
+            model.pipe.delete_adapters([name])
+            del model.loras[name]
+
+
+def apply_tome(model: LoadedModel, enabled: bool, *, ratio: float, max_downsample: int) -> None:
+    """Patch the UNet with ToMe (deterministic: no random dst selection) or remove the patch.
+
+    `use_rand=False`: ToMe's random choice draws from a generator copied off the global RNG, so
+    the same seed could give different images; without it a job's output is reproducible and
+    independent of the batch it ran in.
+    """
+    import tomesd
+
+    wanted = (ratio, max_downsample) if enabled and ratio > 0 else None
+    if wanted == model.tome:
+        return
+    if wanted is None:
+        tomesd.remove_patch(model.pipe)
+    else:
+        tomesd.apply_patch(model.pipe, ratio=ratio, max_downsample=max_downsample, use_rand=False)
+    model.tome = wanted

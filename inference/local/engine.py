@@ -1,0 +1,218 @@
+"""Runs one batch of compatible jobs through a diffusers img2img pipeline (worker thread only).
+
+Rows (one per image) are expanded here: prompt embeddings, init images and generators, one each,
+with `num_images_per_prompt=1`, so image i of a job is the same whether it runs alone or batched.
+Generators live on the CPU: a seed gives the same noise on every device.
+
+Cancellation: the step callback stops the call when every job in it is cancelled; a cancelled job
+in a call with live jobs only loses its images. CUDA out-of-memory splits the call in halves and
+retries (fresh generators, so the images do not change); one image that does not fit fails its job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from inference.errors import BackendError, Cancelled, InferenceError
+from inference.local import components
+from inference.local.batcher import BatchKey, Outcome, WorkItem
+from inference.local.enhance import PromptEnhancer, TemplateEnhancer
+from inference.local.loading import (
+    LoadedModel,
+    PipelineCache,
+    default_dtype,
+    free_memory,
+    load_model,
+    load_vae,
+    resolve_device,
+)
+from inference.local.prompts import PromptEmbeds, encode_prompts, pipeline_kwargs
+from inference.local.schedulers import make_scheduler
+
+__all__ = ["Engine", "OomHook"]
+
+log = logging.getLogger(__name__)
+
+OomHook = Callable[[int], None]
+"""Called with the image count before each pipeline call; may raise OutOfMemoryError (tests)."""
+
+
+class _Interrupted(Exception):
+    """Every job in the running call was cancelled."""
+
+
+@dataclass(frozen=True)
+class _Row:
+    item: WorkItem
+    seed: int
+    embeds: PromptEmbeds
+
+
+class Engine:
+    """Owns the loaded models; `run` executes one batch and reports to each item."""
+
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        batch_size: int = 4,
+        cache_size: int = 2,
+        tome_ratio: float = 0.5,
+        tome_max_downsample: int = 1,
+        enhancer: PromptEnhancer | None = None,
+        oom_hook: OomHook | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = dtype or default_dtype(self.device)
+        self.batch_size = batch_size
+        self.tome_ratio = tome_ratio
+        self.tome_max_downsample = tome_max_downsample
+        self.enhancer = enhancer or TemplateEnhancer()
+        self.oom_hook = oom_hook
+        self.cache = PipelineCache(
+            lambda entry: load_model(entry, device=self.device, dtype=self.dtype), cache_size
+        )
+
+    def close(self) -> None:
+        self.cache.clear()
+
+    def run(self, items: Sequence[WorkItem]) -> None:
+        """Run `items` (one batch key) and call each item's `on_done` exactly once."""
+        live = [item for item in items if not _finish_if_cancelled(item)]
+        if not live:
+            return
+        try:
+            results = self._generate(live)
+        except InferenceError as exc:
+            for item in live:
+                item.on_done(Cancelled("The job was cancelled.") if item.cancelled else exc)
+            return
+        except Exception as exc:
+            log.exception("batch failed")
+            error = BackendError(f"Image generation failed: {type(exc).__name__}: {exc}")
+            for item in live:
+                item.on_done(error)
+            return
+        for item in live:
+            if not _finish_if_cancelled(item):
+                item.on_done(results[id(item)])
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def _generate(self, items: list[WorkItem]) -> dict[int, Outcome]:
+        first = items[0]
+        key = first.key
+        if first.selection.model.name not in self.cache:
+            for item in items:
+                item.on_progress("loading", 0, 0)
+        model = self.cache.get(first.selection.model)
+        self._prepare(model, first)
+        prompts = {id(item): self._prompt(item) for item in items}
+        rows: list[_Row] = []
+        for item in items:
+            embeds = encode_prompts(
+                model.pipe,
+                model.arch,
+                prompts[id(item)],
+                item.request.negative_prompt,
+                clip_skip=item.request.clip_skip,
+                guidance=key.guidance_scale > 1,
+            )
+            rows.extend(_Row(item, seed, embeds) for seed in item.seeds)
+        images: dict[int, list[Any]] = {id(item): [] for item in items}
+        for start in range(0, len(rows), self.batch_size):
+            chunk = [row for row in rows[start : start + self.batch_size] if not row.item.cancelled]
+            if not chunk:
+                continue
+            try:
+                made = self._run_rows(model, key, chunk)
+            except _Interrupted:
+                continue
+            for row, image in zip(chunk, made, strict=True):
+                images[id(row.item)].append(image)
+        return {id(i): Outcome(images=images[id(i)], prompt=prompts[id(i)]) for i in items}
+
+    def _prepare(self, model: LoadedModel, item: WorkItem) -> None:
+        components.apply_vae(
+            model,
+            item.selection.vae,
+            lambda entry: load_vae(entry, device=self.device, dtype=self.dtype),
+        )
+        components.apply_loras(model, item.selection.loras)
+        components.apply_tome(
+            model,
+            item.key.tomesd,
+            ratio=self.tome_ratio,
+            max_downsample=self.tome_max_downsample,
+        )
+
+    def _prompt(self, item: WorkItem) -> str:
+        if item.request.enhance_prompt != "yes":
+            return item.request.prompt
+        return self.enhancer.enhance(item.request.prompt, item.seeds[0])
+
+    def _run_rows(self, model: LoadedModel, key: BatchKey, rows: list[_Row]) -> list[Any]:
+        """One pipeline call, split in halves on CUDA out-of-memory."""
+        out_of_memory = False
+        try:
+            if self.oom_hook is not None:
+                self.oom_hook(len(rows))
+            return self._call(model, key, rows)
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True  # retry outside the handler so its frames free their tensors
+        assert out_of_memory
+        free_memory()
+        if len(rows) == 1:
+            raise BackendError(
+                f"Out of GPU memory even for one {key.width}x{key.height} image: "
+                "try a smaller width and height."
+            )
+        half = len(rows) // 2
+        log.warning(
+            "out of GPU memory for %d images: retrying as %d + %d",
+            len(rows),
+            half,
+            len(rows) - half,
+        )
+        return self._run_rows(model, key, rows[:half]) + self._run_rows(model, key, rows[half:])
+
+    @torch.inference_mode()
+    def _call(self, model: LoadedModel, key: BatchKey, rows: list[_Row]) -> list[Any]:
+        pipe = model.pipe
+        pipe.scheduler = make_scheduler(key.scheduler, model.base_scheduler, key.karras)
+        items = list({id(row.item): row.item for row in rows}.values())
+
+        def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if all(item.cancelled for item in items):
+                raise _Interrupted
+            total = int(pipe.num_timesteps)
+            for item in items:
+                if not item.cancelled:
+                    item.on_progress("running", step + 1, total)
+            return tensors
+
+        result = pipe(
+            image=[row.item.image for row in rows],
+            strength=rows[0].item.request.strength,
+            num_inference_steps=key.steps,
+            guidance_scale=key.guidance_scale,
+            generator=[torch.Generator("cpu").manual_seed(row.seed) for row in rows],
+            num_images_per_prompt=1,
+            output_type="pil",
+            callback_on_step_end=on_step,
+            **pipeline_kwargs([row.embeds for row in rows]),
+        )
+        return list(result.images)
+
+
+def _finish_if_cancelled(item: WorkItem) -> bool:
+    if item.cancelled:
+        item.on_done(Cancelled("The job was cancelled."))
+        return True
+    return False

@@ -1,0 +1,184 @@
+"""Loading pipelines and VAEs from registry entries, and the bounded LRU cache of loaded models.
+
+Hub ids, local diffusers folders and single `.safetensors` files (with a local config folder) all
+go through diffusers' own loaders; with HF_HUB_OFFLINE=1 a hub id loads from the local cache only.
+fp16 on CUDA, fp32 on CPU. SD pipelines load without diffusers' safety checker: detection runs in
+`inference.postprocess` for every backend alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+
+from inference.errors import BackendError, BackendUnavailable
+from inference.local.registry import Arch, ModelEntry, Source, VaeEntry
+
+__all__ = [
+    "LoadedModel",
+    "PipelineCache",
+    "default_dtype",
+    "free_memory",
+    "load_model",
+    "load_vae",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A pipeline in memory and the per-batch state applied to it (see `components`)."""
+
+    name: str
+    arch: Arch
+    pipe: Any
+    base_scheduler: dict[str, Any]
+    own_vae: Any
+    vaes: dict[str, Any] = field(default_factory=dict)  # swapped-in VAEs, by name
+    vae_name: str | None = None
+    loras: OrderedDict[str, None] = field(default_factory=OrderedDict)  # loaded, LRU order
+    lora_state: tuple[tuple[str, float], ...] = ()
+    tome: tuple[float, int] | None = None  # (ratio, max_downsample) while patched
+
+
+def resolve_device(setting: str) -> str:
+    """ "cuda" or "cpu" for IMG2IMG_DEVICE ("auto" picks CUDA when a GPU is visible)."""
+    if setting == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if setting == "cuda":
+        raise BackendUnavailable(
+            "IMG2IMG_DEVICE is cuda but no CUDA GPU is visible: fix the driver or use auto/cpu."
+        )
+    return "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def _dtype_option(dtype: torch.dtype) -> dict[str, Any]:
+    """diffusers renamed `torch_dtype` to `dtype` (0.42 warns on the old name)."""
+    from diffusers.utils import deprecation_utils
+
+    name = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    return {name: dtype}
+
+
+def _quiet_loading() -> None:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for module in (diffusers_logging, transformers_logging):
+        cast(Any, module).disable_progress_bar()
+
+
+def _pipeline_class(arch: Arch) -> Any:
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+    return StableDiffusionXLImg2ImgPipeline if arch == "sdxl" else StableDiffusionImg2ImgPipeline
+
+
+def _hub_arch(location: str) -> Arch:
+    from diffusers import DiffusionPipeline
+
+    config = DiffusionPipeline.load_config(location)
+    return "sdxl" if "XL" in str(config.get("_class_name", "")) else "sd"
+
+
+def load_model(entry: ModelEntry, *, device: str, dtype: torch.dtype) -> LoadedModel:
+    """Load `entry` onto `device`; `BackendUnavailable`/`BackendError` say what went wrong."""
+    source = entry.source
+    _quiet_loading()
+    try:
+        arch = entry.arch or _hub_arch(source.location)
+        cls = _pipeline_class(arch)
+        extra: dict[str, Any] = _dtype_option(dtype)
+        if arch == "sd":
+            extra.update(safety_checker=None, requires_safety_checker=False)
+        if source.kind == "file":
+            pipe = cls.from_single_file(source.location, config=source.config, **extra)
+        else:
+            pipe = cls.from_pretrained(source.location, **extra)
+        pipe.to(device)
+    except OSError as exc:
+        raise BackendUnavailable(f"Model {entry.name!r} could not be loaded: {exc}") from exc
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise BackendError(f"Model {entry.name!r} could not be loaded: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    log.info("loaded model %s (%s) on %s as %s", entry.name, arch, device, dtype)
+    return LoadedModel(
+        name=entry.name,
+        arch=arch,
+        pipe=pipe,
+        base_scheduler=dict(pipe.scheduler.config),
+        own_vae=pipe.vae,
+    )
+
+
+def load_vae(entry: VaeEntry, *, device: str, dtype: torch.dtype) -> Any:
+    from diffusers import AutoencoderKL as _AutoencoderKL
+
+    autoencoder: Any = _AutoencoderKL
+    source: Source = entry.source
+    try:
+        if source.kind == "file":
+            vae = autoencoder.from_single_file(
+                source.location, config=source.config, **_dtype_option(dtype)
+            )
+        else:
+            options = {"subfolder": source.subfolder} if source.subfolder else {}
+            options.update(_dtype_option(dtype))
+            vae = autoencoder.from_pretrained(source.location, **options)
+    except OSError as exc:
+        raise BackendUnavailable(f"VAE {entry.name!r} could not be loaded: {exc}") from exc
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise BackendError(f"VAE {entry.name!r} could not be loaded: {exc}") from exc
+    return vae.to(device)
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class PipelineCache:
+    """Keeps at most `size` models loaded, evicting the least recently used before loading."""
+
+    def __init__(self, loader: Callable[[ModelEntry], LoadedModel], size: int) -> None:
+        if size < 1:
+            raise ValueError("the cache must hold at least one model")
+        self._loader = loader
+        self._size = size
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def get(self, entry: ModelEntry) -> LoadedModel:
+        model = self._models.get(entry.name)
+        if model is not None:
+            self._models.move_to_end(entry.name)
+            return model
+        while len(self._models) >= self._size:
+            name = next(iter(self._models))
+            del self._models[name]  # drop the only reference before freeing memory
+            log.info("unloading model %s", name)
+            free_memory()
+        model = self._loader(entry)
+        self._models[entry.name] = model
+        return model
+
+    def clear(self) -> None:
+        self._models.clear()
+        free_memory()

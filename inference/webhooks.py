@@ -1,0 +1,84 @@
+"""POST a finished result to the request's webhook (backend-neutral).
+
+The body is the result's API-shaped JSON (`result.model_dump(mode="json")`; no image bytes, never
+the key). Webhook URLs come from users, so unless private URLs are allowed every address the host
+resolves to must be public, checked before each attempt; redirects are not followed (a redirect
+could point anywhere). Network errors, timeouts, 429 and 5xx are retried with backoff; other 4xx
+are final. A webhook that fails is logged, never raised: the job itself succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from inference.errors import InvalidRequest
+from inference.result import Img2ImgResult
+from inference.urls import resolve_public_host
+
+__all__ = ["WebhookSender"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class WebhookSender:
+    """Delivers results to webhooks with retries; one instance per backend."""
+
+    def __init__(
+        self,
+        *,
+        allow_private_urls: bool = False,
+        timeout: float = 10.0,
+        attempts: int = 3,
+        backoff: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.allow_private_urls = allow_private_urls
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._transport = transport
+        self._sleep = sleep
+
+    async def send(self, url: str, result: Img2ImgResult) -> bool:
+        """POST `result` to `url`; True once a 2xx answer came back."""
+        payload = result.model_dump(mode="json")
+        target = httpx.URL(url)
+        async with httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, transport=self._transport
+        ) as client:
+            for attempt in range(1, self.attempts + 1):
+                retry = await self._attempt(client, target, payload)
+                if retry is None:
+                    return True
+                if not retry or attempt == self.attempts:
+                    return False
+                await self._sleep(self.backoff * 2 ** (attempt - 1))
+        return False
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, url: httpx.URL, payload: dict[str, Any]
+    ) -> bool | None:
+        """None: delivered; True: worth retrying; False: give up."""
+        host = url.host
+        try:
+            if not self.allow_private_urls:
+                await resolve_public_host(host, url.port or 443)
+            response = await client.post(url, json=payload)
+        except InvalidRequest as exc:
+            log.warning("webhook to %s refused: %s", host, exc)
+            return False
+        except httpx.HTTPError as exc:
+            log.warning("webhook to %s failed: %s", host, type(exc).__name__)
+            return True
+        if response.is_success:
+            return None
+        log.warning("webhook to %s answered %d", host, response.status_code)
+        return response.status_code in _RETRY_STATUS

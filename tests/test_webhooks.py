@@ -1,0 +1,93 @@
+"""`inference.webhooks.WebhookSender`: delivery, retries, timeouts, and no private addresses."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from inference.result import Img2ImgResult
+from inference.webhooks import WebhookSender
+
+RESULT = Img2ImgResult(id="job-1", meta={"seed": [1]}, track_id="t-1", generationTime=1.5)
+
+
+class Server:
+    """A scripted webhook receiver: answers with `statuses` in turn (an exception is raised)."""
+
+    def __init__(self, *statuses: int | Exception) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if isinstance(status, Exception):
+            raise status
+        return httpx.Response(status, headers={"location": "https://127.0.0.1/x"})
+
+
+def sender(
+    server: Server, *, private: bool = True, delays: list[float] | None = None
+) -> WebhookSender:
+    async def sleep(seconds: float) -> None:
+        if delays is not None:
+            delays.append(seconds)
+
+    return WebhookSender(
+        allow_private_urls=private,
+        transport=httpx.MockTransport(server),
+        attempts=3,
+        backoff=0.5,
+        sleep=sleep,
+    )
+
+
+async def test_the_result_json_is_posted() -> None:
+    server = Server(204)
+    assert await sender(server).send("https://hooks.example.com/in", RESULT) is True
+    (request,) = server.requests
+    assert request.method == "POST" and str(request.url) == "https://hooks.example.com/in"
+    assert json.loads(request.content) == RESULT.model_dump(mode="json")
+    assert request.headers["content-type"] == "application/json"
+
+
+async def test_server_errors_and_network_errors_are_retried_with_backoff() -> None:
+    delays: list[float] = []
+    server = Server(503, httpx.ConnectError("refused"), 200)
+    assert await sender(server, delays=delays).send("https://hooks.example.com/in", RESULT)
+    assert len(server.requests) == 3 and delays == [0.5, 1.0]
+
+
+async def test_timeouts_are_retried_until_the_attempts_run_out() -> None:
+    server = Server(httpx.ReadTimeout("slow"))
+    assert await sender(server).send("https://hooks.example.com/in", RESULT) is False
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("status", [400, 404, 410])
+async def test_client_errors_are_final(status: int) -> None:
+    server = Server(status)
+    assert await sender(server).send("https://hooks.example.com/in", RESULT) is False
+    assert len(server.requests) == 1
+
+
+async def test_redirects_are_not_followed() -> None:
+    server = Server(302)
+    assert await sender(server).send("https://hooks.example.com/in", RESULT) is False
+    assert [str(r.url) for r in server.requests] == ["https://hooks.example.com/in"]
+
+
+@pytest.mark.parametrize(
+    "url", ["https://127.0.0.1/hook", "https://[::1]/hook", "https://10.1.2.3:8443/hook"]
+)
+async def test_private_addresses_are_never_posted_to(url: str) -> None:
+    server = Server(200)
+    assert await sender(server, private=False).send(url, RESULT) is False
+    assert server.requests == []
+
+
+async def test_private_addresses_are_allowed_when_configured() -> None:
+    server = Server(200)
+    assert await sender(server, private=True).send("https://127.0.0.1/hook", RESULT) is True
