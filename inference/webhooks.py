@@ -46,6 +46,20 @@ class WebhookSender:
         self.backoff = backoff
         self._transport = transport
         self._sleep = sleep
+        self._pending: set[asyncio.Task[bool]] = set()
+
+    def send_later(self, url: str, result: Img2ImgResult) -> None:
+        """Deliver in the background (the job's result does not wait for its webhook)."""
+        task = asyncio.create_task(self.send(url, result), name="webhook")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait for background deliveries (up to `timeout`), then cancel what is left."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
+        for task in list(self._pending):
+            task.cancel()
 
     async def send(self, url: str, result: Img2ImgResult) -> bool:
         """POST `result` to `url`; True once a 2xx answer came back."""

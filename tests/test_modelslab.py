@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import time
 import uuid
@@ -35,6 +36,7 @@ from inference.modelslab.responses import parse_body
 from inference.modelslab.webhook import WebhookReceiver, parse_listen
 from inference.request import Img2ImgRequest
 from inference.settings import InferenceSettings
+from inference.webhooks import WebhookSender
 
 INIT = png_bytes(96, 64, (200, 40, 30))
 INVERTED = (55, 215, 225)
@@ -553,6 +555,27 @@ async def test_the_webhook_completes_a_job_before_polling_would(fake: FakeModels
     assert body is not None and "token=" in body["webhook"] and body["track_id"] == job.id
     assert "webhook" not in result.meta or result.meta["webhook"] is None
     assert fake.webhook_answers == [200, 200]
+
+
+async def test_the_users_webhook_gets_the_censored_result_not_the_api(
+    fake: FakeModelsLab,
+) -> None:
+    fake.nsfw = True
+    received: list[dict[str, Any]] = []
+
+    def hook(request: httpx.Request) -> httpx.Response:
+        received.append(json.loads(request.content))
+        return httpx.Response(200)
+
+    sender = WebhookSender(allow_private_urls=True, transport=httpx.MockTransport(hook))
+    backend = make_backend(fake, webhooks=sender)
+    job = make_job(webhook="https://hooks.example.com/done", track_id="t-9", safety_checker="yes")
+    result = await run(backend, job)  # run() closes the backend, which drains the webhook
+    body = fake.submits[0].body
+    assert body is not None and "webhook" not in body
+    assert received == [result.model_dump(mode="json")]
+    assert received[0]["nsfw_content_detected"] == [True] and received[0]["track_id"] == "t-9"
+    assert received[0]["output"] == []  # never the API's links to the uncensored originals
 
 
 async def test_the_webhook_refuses_forged_and_dedups_deliveries() -> None:

@@ -106,7 +106,6 @@ class LocalBackend:
         self._worker = Worker(self._batcher, self._make_runner, gather_seconds=gather_seconds)
         self._active: set[WorkItem] = set()
         self._active_lock = threading.Lock()
-        self._webhook_tasks: set[asyncio.Task[bool]] = set()
         self._closed = False
 
     @classmethod
@@ -204,7 +203,7 @@ class LocalBackend:
             images=images,
         )
         if request.webhook:
-            self._post_webhook(request.webhook, result)
+            self._webhooks.send_later(request.webhook, result)
         return result
 
     async def _run(
@@ -238,15 +237,9 @@ class LocalBackend:
             with self._active_lock:
                 self._active.discard(item)
 
-    def _post_webhook(self, url: str, result: Img2ImgResult) -> None:
-        task = asyncio.create_task(self._webhooks.send(url, result))
-        self._webhook_tasks.add(task)
-        task.add_done_callback(self._webhook_tasks.discard)
-
     async def wait_webhooks(self) -> None:
         """Wait until the webhooks posted so far are delivered (or given up)."""
-        if self._webhook_tasks:
-            await asyncio.wait(set(self._webhook_tasks))
+        await self._webhooks.drain()
 
     async def aclose(self) -> None:
         """Refuse new jobs, stop queued and running ones, unload the models."""
@@ -260,10 +253,7 @@ class LocalBackend:
                 item.abandoned.set()
         if not await asyncio.to_thread(self._worker.join, _SHUTDOWN_WAIT):
             log.warning("the GPU worker did not stop within %.0f s", _SHUTDOWN_WAIT)
-        if self._webhook_tasks:
-            await asyncio.wait(set(self._webhook_tasks), timeout=_SHUTDOWN_WAIT)
-        for task in list(self._webhook_tasks):
-            task.cancel()
+        await self._webhooks.drain(timeout=_SHUTDOWN_WAIT)
 
 
 def _prepare_image(data: bytes, request: Img2ImgRequest) -> Image.Image:

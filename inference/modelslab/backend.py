@@ -35,6 +35,7 @@ from inference.postprocess import finish_images
 from inference.request import MAX_SEED, Img2ImgRequest
 from inference.result import Img2ImgResult, effective_meta
 from inference.settings import InferenceSettings
+from inference.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from inference.modelslab.webhook import WebhookReceiver
@@ -105,6 +106,8 @@ class ModelsLabBackend:
         poll: PollPolicy | None = None,
         webhook: WebhookReceiver | None = None,
         http: httpx.AsyncClient | None = None,
+        webhooks: WebhookSender | None = None,
+        allow_private_urls: bool = False,
     ) -> None:
         self._pool = pool
         self._paths = paths
@@ -120,6 +123,7 @@ class ModelsLabBackend:
             self._http, retry=retry or RetryPolicy(), request_timeout=request_timeout
         )
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._webhooks = webhooks or WebhookSender(allow_private_urls=allow_private_urls)
 
     @classmethod
     def from_settings(
@@ -158,6 +162,7 @@ class ModelsLabBackend:
             retry=(retry or RetryPolicy(max_retries=settings.modelslab_max_retries)),
             poll=poll,
             webhook=webhook,
+            allow_private_urls=settings.allow_private_urls,
         )
 
     @property
@@ -165,6 +170,7 @@ class ModelsLabBackend:
         return self._max_in_flight
 
     async def aclose(self) -> None:
+        await self._webhooks.drain(timeout=30.0)
         if self._webhook is not None:
             await self._webhook.aclose()
         await self._http.aclose()
@@ -209,7 +215,7 @@ class ModelsLabBackend:
         if request.init_image is None:
             upload = await asyncio.to_thread(upload_bytes, job.init_image, decoded)
         webhook = None
-        if self._webhook is not None and request.webhook is None:
+        if self._webhook is not None:
             await self._webhook.start()
             webhook = self._webhook.url
         size = request.output_size(decoded.size)
@@ -220,7 +226,7 @@ class ModelsLabBackend:
     ) -> ApiResponse:
         body = await self._body(job)
         endpoint = self._pool.next(job.request.key)
-        receiver = self._webhook if "webhook" in body and job.request.webhook is None else None
+        receiver = self._webhook if "webhook" in body else None
         delivery = receiver.expect(job.id) if receiver is not None else None
         try:
             async with self._slot(job.id, progress):
@@ -286,7 +292,7 @@ class ModelsLabBackend:
             flagged_by_backend=final.flags(len(pictures)),
         )
         elapsed = asyncio.get_running_loop().time() - started
-        return Img2ImgResult(
+        result = Img2ImgResult(
             id=job.id,
             meta=meta,
             nsfw_content_detected=[image.nsfw for image in finished],
@@ -294,6 +300,9 @@ class ModelsLabBackend:
             track_id=request.track_id,
             images=finished,
         )
+        if request.webhook:
+            self._webhooks.send_later(request.webhook, result)
+        return result
 
 
 def _decode_outputs(raws: Sequence[bytes]) -> list[Image.Image]:

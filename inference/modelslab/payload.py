@@ -48,16 +48,21 @@ def request_body(
     Every field that has a value passes through as the API's JSON type; unset (null) fields are
     left out so the API applies its own defaults. The size is the resolved output size. With
     `upload` the init image goes inline as base64 with the API's `"base64": "yes"` flag;
-    otherwise `request.init_image` (a URL) is sent. `webhook` (our receiver) is used only when
-    the request has none, and then with our `track_id` to match the delivery by: the request's
-    own track_id is echoed by the result, not by a webhook the user never sees.
+    otherwise `request.init_image` (a URL) is sent. The request's own webhook is never sent to
+    the API: its deliveries would link the uncensored originals. The backend posts the finished,
+    censored result there itself (`inference.webhooks`). `webhook` here is our own receiver,
+    with our `track_id` to match its delivery by.
     """
-    body = {name: value for name, value in request.api_body().items() if value is not None}
+    body = {
+        name: value
+        for name, value in request.api_body().items()
+        if value is not None and name != "webhook"
+    }
     body["width"], body["height"] = size
     if upload is not None:
         body["init_image"] = base64.b64encode(upload).decode("ascii")
         body["base64"] = "yes"
-    if webhook is not None and request.webhook is None:
+    if webhook is not None:
         body["webhook"] = webhook
         if track_id is not None:
             body["track_id"] = track_id
