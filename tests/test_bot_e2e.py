@@ -398,3 +398,67 @@ async def test_the_token_never_appears_in_anything_the_bot_sends(
         for revision in message.revisions:
             assert BOT_TOKEN not in revision.content
             assert BOT_TOKEN not in repr(revision.embeds)
+
+
+async def test_context_menu_works_on_an_embedded_image(fake_discord: FakeDiscord, bot: Any) -> None:
+    fake = fake_discord
+    url = fake.host_file(INPUT, "embedded.png", "image/png")
+    posted = await fake.post_user_message(
+        fake.world.general, fake.world.bob, "", embeds=[{"type": "image", "image": {"url": url}}]
+    )
+    menu = await fake.message_command("Img2Img", posted, user=fake.world.bob)
+    assert (await menu.wait_response()).type == 9
+    submit = await fake.submit_modal(
+        menu, {"Prompt": "embedded", "Options (name=value …)": "width=64 height=64 strength=0.3"}
+    )
+    done = await submit.wait_original(has_images(1), timeout=WAIT)
+    assert image_sizes(done) == [(64, 64)]
+
+
+async def test_server_policy_is_for_admins_and_is_applied(
+    fake_discord: FakeDiscord, models: TinyModels, gate: Gate, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    backend = make_backend(models, gate, score=0.99)
+    async with running_bot(fake, backend, tmp_path / "db.sqlite3", models.models_file) as b:
+        denied = await fake.slash_command(
+            "img2img-settings", {"allow_safety_off_in_nsfw": False}, user=fake.world.bob
+        )
+        answer = await denied.wait_response()
+        assert answer.ephemeral and "Manage Server" in answer.data["content"]
+        assert (await b.store.guild_policy(fake.world.guild.id)).allow_safety_off_in_nsfw
+
+        admin = await fake.slash_command(
+            "img2img-settings",
+            {"default_safety_checker_type": "pixelate", "allow_safety_off_in_nsfw": False},
+            user=fake.world.alice,
+        )
+        shown = await admin.wait_response()
+        assert "Pixelate" in shown.data["content"] and "not allowed" in shown.data["content"]
+
+        job = await slash(fake, user=fake.world.bob, channel=fake.world.nsfw, safety_checker="no")
+        done = await job.wait_original(has_images(1), timeout=WAIT)
+        records = await b.store.recent_for_user(fake.world.bob.id)
+    assert done.attachments[0].spoiler  # checker forced on although the channel is age-restricted
+    assert records[0].request.safety_checker == "yes"
+    assert records[0].request.safety_checker_type == "pixelate"
+
+
+async def test_history_lists_jobs_and_deletes_only_ones_own_records(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    job = await slash(fake, user=fake.world.bob, seed=21, prompt="a history fox")
+    await job.wait_original(has_images(1), timeout=WAIT)
+    history = await fake.slash_command("img2img-history", {}, user=fake.world.bob)
+    shown = await history.wait_response()
+    assert shown.ephemeral
+    description = shown.data["embeds"][0]["description"]
+    assert "a history fox" in description and "21" in description
+    listing = await history.wait_original(timeout=WAIT)
+    other = await fake.click(listing, label="Delete my records", user=fake.world.alice)
+    assert "only delete your own" in (await other.wait_response()).data["content"]
+    assert await bot.store.recent_for_user(fake.world.bob.id)
+    mine = await fake.click(listing, label="Delete my records", user=fake.world.bob)
+    assert (await mine.wait_response()).type == 7
+    assert await bot.store.recent_for_user(fake.world.bob.id) == []

@@ -1,0 +1,86 @@
+"""`python -m inference generate --backend local` end to end on the tiny offline model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tiny_models import TinyModels, gradient_image, png_bytes, tiny_models
+
+from inference.images import read_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def models() -> TinyModels:
+    return tiny_models()
+
+
+def generate(
+    models: TinyModels, cwd: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSLAB_", "IMG2IMG_"))}
+    environ.update(
+        PYTHONPATH=str(ROOT),
+        IMG2IMG_MODELS=str(models.models_file),
+        IMG2IMG_DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+    )
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "inference", "generate", "--backend", "local", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_local_generation_writes_images_and_prints_the_result(
+    models: TinyModels, tmp_path: Path
+) -> None:
+    init = tmp_path / "in.png"
+    init.write_bytes(png_bytes(gradient_image(96, 64)))
+    run = generate(
+        models, tmp_path,
+        "--init-image", str(init), "--prompt", "a red fox", "--width", "64", "--height", "64",
+        "--strength", "0.3", "--samples", "2", "--seed", "4", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["status"] == "success" and result["meta"]["seed"] == [4, 5]
+    assert len(result["output"]) == 2
+    for path in result["output"]:
+        with Image.open(path) as image:
+            assert image.size == (64, 64)
+        text = read_parameters(Path(path).read_bytes())
+        assert text is not None and text.startswith("a red fox")
+    assert "] 6/6 running" in run.stderr  # int(21 * 0.3) = 6 denoising steps
+
+
+def test_an_unknown_model_exits_2_with_the_known_names(models: TinyModels, tmp_path: Path) -> None:
+    init = tmp_path / "in.png"
+    init.write_bytes(png_bytes(gradient_image(96, 64)))
+    run = generate(
+        models, tmp_path, "--init-image", str(init), "--prompt", "x", "--model-id", "nope"
+    )
+    assert run.returncode == 2
+    assert "nope" in run.stderr and "tiny" in run.stderr
+
+
+def test_a_backend_that_cannot_run_exits_1(models: TinyModels, tmp_path: Path) -> None:
+    init = tmp_path / "in.png"
+    init.write_bytes(png_bytes(gradient_image(96, 64)))
+    run = generate(
+        models, tmp_path, "--init-image", str(init), "--prompt", "x", IMG2IMG_DEVICE="cuda"
+    )
+    assert run.returncode == 1
+    assert "CUDA" in run.stderr
