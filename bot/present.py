@@ -158,7 +158,7 @@ class JobReporter:
         await self._stop_pump()
         text = describe_error(error)
         if isinstance(error, Cancelled):
-            await self._replace_status(f"{self._requester.mention} {text}")
+            await self._replace_status(f"{self._requester.mention} {text}", final=True)
             return
         if self._token_alive():
             assert self._interaction is not None
@@ -203,11 +203,13 @@ class JobReporter:
             except discord.HTTPException as exc:
                 log.debug("job %s: progress edit failed (%s)", self.job_id, exc)
 
-    async def _replace_status(self, text: str) -> None:
+    async def _replace_status(self, text: str, *, final: bool = False) -> None:
+        """Show `text` in the status message; `final` also removes its Cancel button."""
+        extra: dict[str, Any] = {"view": None} if final else {}
         if self._token_alive():
             assert self._interaction is not None
             try:
-                await self._interaction.edit_original_response(content=text)
+                await self._interaction.edit_original_response(content=text, **extra)
                 return
             except discord.HTTPException as exc:
                 log.info("job %s: token no longer usable (%s)", self.job_id, exc.code)
@@ -215,7 +217,7 @@ class JobReporter:
         if self._status_message is None:
             self._status_message = await self._channel.send(text)
         else:
-            await self._status_message.edit(content=text)
+            await self._status_message.edit(content=text, **extra)
 
     async def _delete_status(self) -> None:
         if self._status_message is not None:

@@ -201,7 +201,8 @@ async def test_cancel_while_running_and_while_queued(
     assert refusal.ephemeral and "Only the person" in refusal.data["content"]
     click = await fake.click(queued_msg, label="Cancel", user=fake.world.alice)
     assert (await click.wait_response()).ephemeral
-    await queued.wait_original(lambda m: "Cancelled" in m.content, timeout=WAIT)
+    cancelled = await queued.wait_original(lambda m: "Cancelled" in m.content, timeout=WAIT)
+    assert button_labels(cancelled) == []  # no Cancel button left on a finished job
     running_msg = await running.wait_original(timeout=WAIT)
     await fake.click(running_msg, label="Cancel", user=fake.world.bob)
     gate.opened.set()
