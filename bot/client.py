@@ -126,8 +126,10 @@ class Img2ImgBot(commands.Bot):
         channel: discord.abc.Messageable,
         user: discord.abc.User,
         interaction: discord.Interaction[Any] | None,
+        note: str | None = None,
     ) -> JobReporter:
         return JobReporter(
+            note=note,
             job_id=job_id,
             channel=channel,
             requester=user,

@@ -18,7 +18,7 @@ import discord
 
 from bot.messages import describe_error, progress_text, queued_text
 from inference import Cancelled, GeneratedImage, Img2ImgResult, InferenceError, ProgressEvent
-from inference.images import decode_image, encode_image
+from inference.images import decode_image, encode_image, read_parameters
 
 __all__ = ["TOKEN_LIFETIME", "JobReporter", "ViewFactory", "result_embed", "result_files"]
 
@@ -38,7 +38,14 @@ class ViewFactory(Protocol):
 def _fit_upload(image: GeneratedImage, limit: int) -> tuple[bytes, str]:
     if len(image.data) <= limit:
         return image.data, image.filename_suffix
-    data, fmt = encode_image(decode_image(image.data), parameters=None, max_bytes=limit)
+    # A PNG made again from the same pixels would be just as large: go straight to WEBP/JPEG,
+    # and keep the parameters in the file's metadata (CONTRACT section 3).
+    data, fmt = encode_image(
+        decode_image(image.data),
+        parameters=read_parameters(image.data),
+        max_bytes=limit,
+        allow_png=False,
+    )
     return data, "jpg" if fmt == "jpeg" else fmt
 
 
@@ -110,8 +117,10 @@ class JobReporter:
         views: ViewFactory,
         interval: float = 1.5,
         started_at: float | None = None,
+        note: str | None = None,
     ) -> None:
         self.job_id = job_id
+        self._note = note
         self._channel = channel
         self._requester = requester
         self._interaction = interaction
@@ -124,6 +133,7 @@ class JobReporter:
         self._wake = asyncio.Event()
         self._done = False
         self._status_message: discord.Message | None = None
+        self._cancel_view = views.cancel(job_id)
         self._pump = asyncio.create_task(self._edit_loop(), name=f"progress-{job_id}")
 
     # -- JobListener -----------------------------------------------------------------------------
@@ -204,20 +214,25 @@ class JobReporter:
                 log.debug("job %s: progress edit failed (%s)", self.job_id, exc)
 
     async def _replace_status(self, text: str, *, final: bool = False) -> None:
-        """Show `text` in the status message; `final` also removes its Cancel button."""
-        extra: dict[str, Any] = {"view": None} if final else {}
+        """Show `text` in the status message, with its Cancel button unless `final`."""
+        if self._note:
+            text = f"{self._note}\n{text}"
+        view = None if final else self._cancel_view
         if self._token_alive():
             assert self._interaction is not None
             try:
-                await self._interaction.edit_original_response(content=text, **extra)
+                await self._interaction.edit_original_response(content=text, view=view)
                 return
             except discord.HTTPException as exc:
                 log.info("job %s: token no longer usable (%s)", self.job_id, exc.code)
                 self._interaction = None
         if self._status_message is None:
-            self._status_message = await self._channel.send(text)
+            if view is None:
+                self._status_message = await self._channel.send(text)
+            else:
+                self._status_message = await self._channel.send(text, view=view)
         else:
-            await self._status_message.edit(content=text, **extra)
+            await self._status_message.edit(content=text, view=view)
 
     async def _delete_status(self) -> None:
         if self._status_message is not None:

@@ -196,17 +196,12 @@ async def submit_job(
         request=request,
         init_image=data,
     )
-    header = f"{note}\n" if note else ""
-    await interaction.edit_original_response(
-        content=header + "Queued…", view=bot.views().cancel(job_id)
-    )
-    reporter = bot.reporter(job_id, channel, interaction.user, interaction)
+    reporter = bot.reporter(job_id, channel, interaction.user, interaction, note=note)
     try:
         position = await bot.queue.submit(record, reporter)
     except QueueRefused as refusal:
         await reporter.close()
         await _respond(interaction, describe_refusal(refusal))
         return None
-    if position > 0:
-        reporter.position(position)
+    reporter.position(position)  # the first status edit, with the Cancel button
     return job_id

@@ -98,7 +98,7 @@ async def test_slash_command_posts_one_message_with_images_and_buttons(
     assert fields["Seeds"] == "5, 6" and fields["Size"] == "64×64"
     progress = [r.content for r in done.revisions if "`[" in r.content]
     assert progress, [r.content for r in done.revisions]
-    assert any("Queued" in r.content for r in done.revisions)
+    assert any(r.content.startswith(("Queued:", "Starting")) for r in done.revisions)
     assert not any(f.spoiler for f in done.attachments)
     assert len([m for m in fake.messages(fake.world.general) if m.attachments]) == 1
 
@@ -195,7 +195,8 @@ async def test_cancel_while_running_and_while_queued(
     running = await slash(fake, user=fake.world.bob)
     await gate.wait_entered()
     queued = await slash(fake, user=fake.world.alice)
-    queued_msg = await queued.wait_original(lambda m: "Queued" in m.content, timeout=WAIT)
+    queued_msg = await queued.wait_original(is_queued, timeout=WAIT)
+    assert button_labels(queued_msg) == ["Cancel"]
     stranger = await fake.click(queued_msg, label="Cancel", user=fake.world.bob)
     refusal = await stranger.wait_response()
     assert refusal.ephemeral and "Only the person" in refusal.data["content"]
@@ -333,7 +334,7 @@ async def test_restart_resumes_queued_jobs_and_old_buttons_work(
         first = await slash(fake, user=fake.world.bob, seed=11)
         await gate.wait_entered()
         second = await slash(fake, user=fake.world.alice, seed=12)
-        await second.wait_original(lambda m: "Queued" in m.content, timeout=WAIT)
+        await second.wait_original(is_queued, timeout=WAIT)
         finished_before = [m for m in fake.messages(fake.world.general) if m.attachments]
     gate.opened.set()
     assert finished_before == []
