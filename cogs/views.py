@@ -37,9 +37,16 @@ async def _record(interaction: discord.Interaction[Any], job_id: str) -> JobReco
     return record
 
 
-def _may_manage(interaction: discord.Interaction[Any], record: JobRecord) -> bool:
-    permissions = interaction.permissions
-    return interaction.user.id == record.owner_id or permissions.manage_messages
+async def _may_manage(
+    interaction: discord.Interaction[Any], record: JobRecord, action: str
+) -> bool:
+    """The requester and members with Manage Messages may; others are told so."""
+    if interaction.user.id == record.owner_id or interaction.permissions.manage_messages:
+        return True
+    await interaction.response.send_message(
+        f"Only the person who asked for this (or a moderator) can {action}.", ephemeral=True
+    )
+    return False
 
 
 def options_line(record: JobRecord) -> str:
@@ -187,11 +194,7 @@ class CancelButton(JobButton, template=rf"i2i:cancel:{JOB}"):
     action, label = "cancel", "Cancel"
 
     async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
-        if not _may_manage(interaction, record):
-            await interaction.response.send_message(
-                "Only the person who asked for this job (or a moderator) can cancel it.",
-                ephemeral=True,
-            )
+        if not await _may_manage(interaction, record, "cancel this job"):
             return
         if await _bot(interaction).queue.cancel(self.job_id):
             await interaction.response.send_message("Cancelling…", ephemeral=True)
@@ -240,11 +243,7 @@ class DeleteButton(JobButton, template=rf"i2i:delete:{JOB}"):
     action, label, emoji, style = "delete", "Delete", "🗑️", discord.ButtonStyle.danger
 
     async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
-        if not _may_manage(interaction, record):
-            await interaction.response.send_message(
-                "Only the person who asked for these images (or a moderator) can delete them.",
-                ephemeral=True,
-            )
+        if not await _may_manage(interaction, record, "delete these images"):
             return
         await interaction.response.defer()
         if interaction.message is not None:
