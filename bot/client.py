@@ -13,7 +13,7 @@ from discord.ext import commands
 from bot.catalog import Catalog
 from bot.config import BotSettings
 from bot.errors import report_unexpected
-from bot.jobs import FairQueue, QueueLimits
+from bot.jobs import FairQueue, JobQueue, QueueLimits
 from bot.present import JobReporter, ViewFactory
 from bot.store import JobRecord, JobStore
 from inference import Backend, InferenceSettings
@@ -53,7 +53,7 @@ class Img2ImgBot(commands.Bot):
         self.backend = backend
         self.store = store
         self.catalog = catalog
-        self.queue = FairQueue(
+        self.queue: JobQueue = FairQueue(
             backend,
             store,
             QueueLimits(

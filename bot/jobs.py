@@ -9,6 +9,8 @@ restart resumes queued and running jobs.
 from __future__ import annotations
 
 import asyncio
+import collections
+import heapq
 import itertools
 import logging
 import time
@@ -26,7 +28,14 @@ from inference import (
     ProgressEvent,
 )
 
-__all__ = ["FairQueue", "JobListener", "QueueLimits", "QueueRefused", "UnexpectedFailure"]
+__all__ = [
+    "FairQueue",
+    "JobListener",
+    "JobQueue",
+    "QueueLimits",
+    "QueueRefused",
+    "UnexpectedFailure",
+]
 
 log = logging.getLogger(__name__)
 DAY = 86_400
@@ -82,6 +91,26 @@ class _Entry:
     task: asyncio.Task[None] | None = None
     tag: int = 0
     arrival: int = 0
+
+
+class JobQueue(Protocol):
+    """What the bot needs from a queue. `FairQueue` is the in-process one; a distributed one
+    (Redis Streams, CONTRACT section 9) can implement the same methods."""
+
+    async def submit(self, record: JobRecord, listener: JobListener) -> int: ...
+
+    def resume(self, record: JobRecord, listener: JobListener) -> int: ...
+
+    async def cancel(self, job_id: str) -> bool: ...
+
+    def position(self, job_id: str) -> int | None: ...
+
+    def pending_for(self, owner_id: int) -> int: ...
+
+    @property
+    def pending_total(self) -> int: ...
+
+    async def close(self, grace: float = 30.0) -> None: ...
 
 
 class FairQueue:
@@ -160,19 +189,34 @@ class FairQueue:
         return len(self._running) + len(self._waiting)
 
     def _release_order(self) -> list[_Entry]:
-        """Waiting jobs in the order they will be released."""
-        waiting = list(self._waiting)
+        """Waiting jobs in the order they will be released.
+
+        Each step releases the entry with the least (tag, owner last served, arrival). An
+        owner's entries share the "last served" value, so the least of them is the one with the
+        least (tag, arrival): a heap of owners keyed by their first entry gives the order in
+        O(n log n) (every submit asks for a position, so a burst must not cost O(n^3)).
+        """
+        by_owner: dict[int, list[_Entry]] = {}
+        for entry in self._waiting:
+            by_owner.setdefault(entry.record.owner_id, []).append(entry)
         served = dict(self._last_served)
         simulated = itertools.count(max(served.values(), default=0) + 1)
+        heap: list[tuple[int, int, int, int]] = []
+        queues: dict[int, collections.deque[_Entry]] = {}
+        for owner, entries in by_owner.items():
+            entries.sort(key=lambda e: (e.tag, e.arrival))
+            queues[owner] = collections.deque(entries)
+            first = entries[0]
+            heap.append((first.tag, served.get(owner, -1), first.arrival, owner))
+        heapq.heapify(heap)
         order = []
-        while waiting:
-            chosen = min(
-                waiting,
-                key=lambda e: (e.tag, served.get(e.record.owner_id, -1), e.arrival),
-            )
-            waiting.remove(chosen)
-            served[chosen.record.owner_id] = next(simulated)
-            order.append(chosen)
+        while heap:
+            *_, owner = heapq.heappop(heap)
+            queue = queues[owner]
+            order.append(queue.popleft())
+            if queue:
+                following = queue[0]
+                heapq.heappush(heap, (following.tag, next(simulated), following.arrival, owner))
         return order
 
     def position(self, job_id: str) -> int | None:

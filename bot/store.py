@@ -22,7 +22,6 @@ from inference import Img2ImgRequest
 __all__ = ["GuildPolicy", "JobRecord", "JobStatus", "JobStore"]
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
-UNFINISHED: tuple[JobStatus, ...] = ("queued", "running")
 T = TypeVar("T")
 
 _SCHEMA = """
