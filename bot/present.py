@@ -52,11 +52,10 @@ def _fit_upload(image: GeneratedImage, limit: int) -> tuple[bytes, str]:
 async def result_files(
     job_id: str, images: list[GeneratedImage], limit: int = DEFAULT_UPLOAD_LIMIT
 ) -> list[discord.File]:
-    """The images as files (NSFW ones as spoilers), each within the upload limit."""
-    per_file = max(256 * 1024, limit // max(1, len(images)))
+    """The images as files (NSFW ones as spoilers), each within the upload limit (per file)."""
     files = []
     for index, image in enumerate(images):
-        data, suffix = await asyncio.to_thread(_fit_upload, image, per_file)
+        data, suffix = await asyncio.to_thread(_fit_upload, image, limit)
         files.append(
             discord.File(
                 io.BytesIO(data),

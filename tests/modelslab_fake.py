@@ -4,9 +4,9 @@ It answers in the shapes the real API sends (see /work/shared/notes/modelslab.md
 processing with `eta`/`fetch_result`/`future_links` (old servers' `messege` and `output: ""`, or
 newer `message` and `output: []`), error and failed bodies with HTTP 200, field errors as an
 object. Outputs are real PNGs made from the init image (inverted, at the requested size) and 404
-until the job is done. Scenarios are scripted two ways: attributes that shape every job (`polls`,
-`eta`, `output_404s`, `nsfw`, ...) and canned `Reply`s queued per route that are answered first
-(rate limits, HTML 500s, broken JSON, hangs). Every request is recorded.
+until the job is done. Scenarios are scripted two ways: attributes that shape every job (`polls`
+or `ready_after`, `eta`, `output_404s`, `nsfw`, ...) and canned `Reply`s queued per route that
+are answered first (rate limits, HTML 500s, broken JSON, hangs). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import base64
 import io
 import itertools
 import json
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class FakeJob:
     polls_left: int
     names: list[str]
     seed: int
+    created: float = field(default_factory=time.monotonic)
     done: bool = False
     gets: dict[str, int] = field(default_factory=dict)
 
@@ -73,6 +75,9 @@ class FakeModelsLab:
         self.keys = set(keys)
         # Scenario knobs (per job).
         self.polls = 0  # fetches answered "processing" before the job is done
+        # Seconds after its submission when a job is done, like a real server: readiness by the
+        # clock instead of by `polls` (which it overrides); early fetches answer "processing".
+        self.ready_after: float | None = None
         self.eta = 0.05
         self.style = "new"  # "old": messege + output ""; "new": message + output []
         self.send_fetch_result = True
@@ -193,7 +198,7 @@ class FakeModelsLab:
         job = self._new_job(body)
         if body.get("webhook"):
             self._spawn(self._deliver_webhook(job, str(body["webhook"])))
-        if job.polls_left <= 0:
+        if self._ready(job):
             return _json(self._finish(job))
         return _json(self._processing(job))
 
@@ -210,7 +215,7 @@ class FakeModelsLab:
                 {"status": "failed", "id": "", "message": "Request not found", "output": ""}
             )
         job.polls_left -= 1
-        if job.polls_left > 0 and not job.done:
+        if not job.done and not self._ready(job):
             return _json(self._processing(job))
         return _json(self._finish(job))
 
@@ -264,6 +269,11 @@ class FakeModelsLab:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         return job
+
+    def _ready(self, job: FakeJob) -> bool:
+        if self.ready_after is not None:
+            return time.monotonic() - job.created >= self.ready_after
+        return job.polls_left <= 0
 
     def _links(self, job: FakeJob) -> list[str]:
         return [f"{self.base_url}/generations/{name}" for name in job.names]

@@ -752,3 +752,10 @@ async def test_host_names_are_checked_by_what_they_resolve_to(
             with pytest.raises(InvalidImage, match="private or local address"):
                 await fetch
     assert len(seen) == (1 if allowed else 0)
+
+
+def test_without_png_the_encoder_goes_straight_to_webp_keeping_the_parameters() -> None:
+    image = Image.fromarray(photo("astronaut"))
+    data, fmt = encode_image(image, parameters=PARAMETERS, allow_png=False)
+    assert fmt == "webp"
+    assert read_parameters(data) == PARAMETERS
