@@ -87,6 +87,9 @@ class JobStore:
         self._path = Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # Read before every acknowledgement: kept in memory so that a burst of commands does
+        # not queue up in worker threads before Discord's 3-second deadline.
+        self._policies: dict[int, GuildPolicy] = {}
 
     async def open(self) -> None:
         await asyncio.to_thread(self._open)
@@ -210,18 +213,22 @@ class JobStore:
     # -- guild policy ----------------------------------------------------------------------------
 
     async def guild_policy(self, guild_id: int) -> GuildPolicy:
+        cached = self._policies.get(guild_id)
+        if cached is not None:
+            return cached
         rows = await self._run(
             lambda c: c.execute(
                 "SELECT * FROM guild_policy WHERE guild_id = ?", (guild_id,)
             ).fetchall()
         )
-        if not rows:
-            return GuildPolicy()
-        row = rows[0]
-        return GuildPolicy(
-            default_safety_checker_type=row["default_safety_checker_type"],
-            allow_safety_off_in_nsfw=bool(row["allow_safety_off_in_nsfw"]),
-        )
+        policy = GuildPolicy()
+        if rows:
+            row = rows[0]
+            policy = GuildPolicy(
+                default_safety_checker_type=row["default_safety_checker_type"],
+                allow_safety_off_in_nsfw=bool(row["allow_safety_off_in_nsfw"]),
+            )
+        return self._policies.setdefault(guild_id, policy)
 
     async def set_guild_policy(self, guild_id: int, policy: GuildPolicy) -> None:
         params = (
@@ -237,6 +244,7 @@ class JobStore:
                 params,
             )
         )
+        self._policies[guild_id] = policy
 
 
 def _record(row: sqlite3.Row) -> JobRecord:

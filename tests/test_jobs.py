@@ -130,6 +130,42 @@ async def test_users_take_turns(store: JobStore) -> None:
     assert stored is not None and stored.status == "done" and stored.init_image == b"x"
 
 
+def reference_order(queue: FairQueue) -> list[str]:
+    """The release order by its definition: repeatedly the least (tag, last served, arrival)."""
+    waiting = list(queue._waiting)
+    served = dict(queue._last_served)
+    counter = max(served.values(), default=0)
+    order = []
+    while waiting:
+        chosen = min(waiting, key=lambda e: (e.tag, served.get(e.record.owner_id, -1), e.arrival))
+        waiting.remove(chosen)
+        counter += 1
+        served[chosen.record.owner_id] = counter
+        order.append(chosen.record.id)
+    return order
+
+
+async def test_positions_follow_the_release_order_in_a_burst(store: JobStore) -> None:
+    import random
+
+    rng = random.Random(6)
+    backend = GatedBackend(capacity=1)
+    queue = FairQueue(backend, store, QueueLimits(max_pending_per_user=50, max_pending_total=500))
+    for number in range(300):
+        await queue.submit(record(f"j{number}", owner=rng.randrange(40)), Recorder())
+        if number % 60 == 59:  # some jobs released in between: "last served" matters
+            count = len(backend.started)
+            backend.gates.setdefault(backend.started[-1], asyncio.Event()).set()
+            await backend.wait_started(count + 1)
+        expected = reference_order(queue)
+        assert [e.record.id for e in queue._release_order()] == expected
+    assert [queue.position(j) for j in expected[:5]] == [1, 2, 3, 4, 5]
+    assert [queue.position(j) for j in expected] == list(range(1, len(expected) + 1))
+    for gate in backend.gates.values():
+        gate.set()
+    await queue.close(grace=0)
+
+
 async def test_capacity_bounds_jobs_in_flight(store: JobStore) -> None:
     backend = GatedBackend(capacity=2)
     queue = FairQueue(backend, store, QueueLimits(max_pending_per_user=10))

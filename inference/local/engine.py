@@ -27,6 +27,7 @@ from inference.local.loading import (
     PipelineCache,
     default_dtype,
     free_memory,
+    freeze_imports,
     load_model,
     load_vae,
     resolve_device,
@@ -78,6 +79,7 @@ class Engine:
         self.cache = PipelineCache(
             lambda entry: load_model(entry, device=self.device, dtype=self.dtype), cache_size
         )
+        freeze_imports()  # full GC passes would otherwise stall the event loop for ~350 ms
 
     def close(self) -> None:
         self.cache.clear()
