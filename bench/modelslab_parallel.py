@@ -36,6 +36,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _tables import table
 from modelslab_fake import API_KEY, FakeModelsLab, png_bytes
 
 from inference.modelslab.backend import ModelsLabBackend
@@ -128,19 +129,6 @@ async def run_row(
             latencies=latencies,
             failures=failures,
         )
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
-    lines.append("| " + " | ".join("-" * w for w in widths) + " |")
-    for row in rows:
-        cells = [
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 async def main_async(args: argparse.Namespace) -> int:

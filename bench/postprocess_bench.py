@@ -50,6 +50,8 @@ from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _tables import table
+
 from bot.present import DEFAULT_UPLOAD_LIMIT, result_files
 from inference.images import (
     JPEG_QUALITIES,
@@ -224,19 +226,6 @@ class Runner:
 
 
 # -- reports -----------------------------------------------------------------------------------
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
-    lines.append("| " + " | ".join("-" * w for w in widths) + " |")
-    for row in rows:
-        cells = [
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def kib(size: int) -> str:

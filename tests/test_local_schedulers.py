@@ -14,6 +14,7 @@ from typing import Any
 import diffusers
 import pytest
 import torch
+from tiny_models import SD15_SCHEDULER_CONFIG
 
 from inference.local.batcher import KARRAS_SCHEDULERS, karras_applies
 from inference.local.schedulers import SDIPNDMScheduler, make_scheduler
@@ -22,19 +23,7 @@ from inference.request import SCHEDULERS
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 vs diffusers
 
-# The real SD 1.5 scheduler config (PNDM, scaled_linear, leading spacing with offset 1).
-SD15: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+SD15 = SD15_SCHEDULER_CONFIG  # the real SD 1.5 config (PNDM, scaled_linear, offset 1)
 EXACT = [  # deterministic samplers that are exact for a constant noise prediction
     "EulerDiscreteScheduler",
     "HeunDiscreteScheduler",

@@ -30,6 +30,21 @@ BOS_ID = 512 + len(_MERGES)  # <|startoftext|>, after the 2 x 256 byte tokens an
 EOS_ID = BOS_ID + 1  # <|endoftext|>, also the padding
 
 
+# The scheduler config of the real SD 1.5 (PNDMScheduler drops `clip_sample` when saving).
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+
 @dataclass(frozen=True)
 class TinyModels:
     root: Path
@@ -185,20 +200,9 @@ def build_sd(folder: Path, seed: int = 0) -> Any:
         requires_safety_checker=False,
     )
     _save_pipeline(pipe, folder)
-    # the scheduler config of the real SD 1.5 (PNDMScheduler drops `clip_sample` when saving)
-    sd15 = {
-        "_class_name": "PNDMScheduler",
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
-        "clip_sample": False,
-        "num_train_timesteps": 1000,
-        "set_alpha_to_one": False,
-        "skip_prk_steps": True,
-        "steps_offset": 1,
-        "trained_betas": None,
-    }
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sd15), encoding="utf-8")
+    (folder / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(SD15_SCHEDULER_CONFIG), encoding="utf-8"
+    )
     return pipe
 
 
