@@ -16,7 +16,8 @@ and a fresh bot each; the table pools every round.
     .venv/bin/python bench/bot_burst.py --quick    # 1 round of 100
 
 Environment: BENCH_PY_SPY=/path/to/py-spy (with BENCH_PROFILE_DIR=dir) records each bot process
-in py-spy's raw (collapsed stacks) format; BENCH_KEEP=dir keeps the bots' logs, reports and
+in py-spy's raw (collapsed stacks) format; BENCH_CPROFILE=prefix writes each bot's cProfile
+statistics to prefix-bare.prof and prefix-bot.prof; BENCH_KEEP=dir keeps the bots' logs, reports and
 databases there. Results and what was changed to reach them: docs/performance.md, section 1.
 """
 
@@ -433,6 +434,7 @@ class Round:
     lags: list[float]
     window: float
     gc_longest: float
+    gc_in_window: float
 
 
 async def one_round(
@@ -494,7 +496,10 @@ async def one_round(
     )
     lags = [lag for end, lag in report["lag"] if end >= first and end - LAG_INTERVAL - lag <= last]
     gc_pause = max((pause for end, pause, _ in report["gc"] if end >= first), default=0.0)
-    return Round(variant, burst, latencies, in_time, accepted, lags, last - first, gc_pause)
+    gc_in_window = sum(pause for end, pause, _ in report["gc"] if first <= end <= last + pause)
+    return Round(
+        variant, burst, latencies, in_time, accepted, lags, last - first, gc_pause, gc_in_window
+    )
 
 
 def summarise(rounds: list[Round], variant: Variant) -> dict[str, float]:
@@ -515,6 +520,7 @@ def summarise(rounds: list[Round], variant: Variant) -> dict[str, float]:
         "lag_samples": len(lags),
         "window": max((r.window for r in mine), default=0.0),
         "gc_longest": max((r.gc_longest for r in mine), default=0.0),
+        "gc_in_window": max((r.gc_in_window for r in mine), default=0.0),
     }
 
 
@@ -540,6 +546,7 @@ def print_table(rounds: list[Round], burst: int) -> bool:
         ("lag_max", "loop lag max (ms)"),
         ("window", "longest window (ms)"),
         ("gc_longest", "longest GC pause (ms) *"),
+        ("gc_in_window", "GC time in window (ms) **"),
     ]
     for key, label in rows:
         print(f"{label:26}{bare[key] * 1000:>16.1f}{bot[key] * 1000:>14.1f}")
@@ -547,6 +554,7 @@ def print_table(rounds: list[Round], burst: int) -> bool:
     print(f"{'jobs accepted':26}{'-':>16}{bot['accepted']:>14.0f}")
     print(f"{'loop lag p99 bot/bare':26}{ratio:>30.2f}")
     print("* from the first interaction of the burst until the bot stopped (queued jobs included)")
+    print("** all pauses between the first interaction and the last acknowledgement (worst round)")
     print()
     checks = [
         (f"every ack before {DEADLINE:.0f} s", bot["in_time"] == bot["fired"]),
@@ -586,7 +594,7 @@ async def drive(args: argparse.Namespace) -> int:
                     f"round {number} {variant:4}: {done.acked_in_time}/{done.fired} acked in time,"
                     f" ack p99 {percentile(done.latencies, 99) * 1000:.0f} ms,"
                     f" loop lag p99 {percentile(done.lags, 99) * 1000:.1f} ms"
-                    f" over {done.window * 1000:.0f} ms",
+                    f" over {done.window * 1000:.0f} ms, GC {done.gc_in_window * 1000:.0f} ms",
                     flush=True,
                 )
     return 0 if print_table(rounds, burst) else 1
@@ -620,6 +628,14 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
 def main() -> int:
     args = parse_args()
     if args.serve:
+        profile = os.environ.get("BENCH_CPROFILE")
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.runcall(asyncio.run, serve(args))
+            profiler.dump_stats(f"{profile}-{args.serve}.prof")
+            return 0
         asyncio.run(serve(args))
         return 0
     return asyncio.run(drive(args))

@@ -1,8 +1,8 @@
 """The one path every entry point takes: interaction + options + image → a queued job.
 
 Order matters for Discord's 3-second deadline: the options are validated first (microseconds;
-a refusal is the ephemeral first response), then the interaction is deferred, and only then is
-the image downloaded and checked.
+a refusal is the ephemeral first response), then the interaction is deferred, and only then,
+once no other interaction is waiting for its acknowledgement, is the image downloaded and checked.
 """
 
 from __future__ import annotations
@@ -178,8 +178,10 @@ async def submit_job(
         return None
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True)
+    await bot.acks.settled()  # a burst's other acknowledgements go first (bot/acks.py)
     try:
-        data = await _load_image(bot, source)
+        async with bot.image_loads:
+            data = await _load_image(bot, source)
     except InvalidRequest as exc:
         await _respond(interaction, str(exc))
         return None
