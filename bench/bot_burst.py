@@ -552,6 +552,8 @@ def print_table(rounds: list[Round], burst: int) -> bool:
         print(f"{label:26}{bare[key] * 1000:>16.1f}{bot[key] * 1000:>14.1f}")
     print(f"{'lag samples in windows':26}{bare['lag_samples']:>16.0f}{bot['lag_samples']:>14.0f}")
     print(f"{'jobs accepted':26}{'-':>16}{bot['accepted']:>14.0f}")
+    ack_ratio = bot["ack_p99"] / bare["ack_p99"] if bare["ack_p99"] > 0 else math.inf
+    print(f"{'ack latency p99 bot/bare':26}{ack_ratio:>30.2f}")
     print(f"{'loop lag p99 bot/bare':26}{ratio:>30.2f}")
     print("* from the first interaction of the burst until the bot stopped (queued jobs included)")
     print("** all pauses between the first interaction and the last acknowledgement (worst round)")
