@@ -128,16 +128,17 @@ class Engine:
             )
             rows.extend(_Row(item, seed, embeds) for seed in item.seeds)
         images: dict[int, list[Any]] = {id(item): [] for item in items}
-        for start in range(0, len(rows), self.batch_size):
-            chunk = [row for row in rows[start : start + self.batch_size] if not row.item.cancelled]
-            if not chunk:
-                continue
-            try:
-                made = self._run_rows(model, key, chunk)
-            except _Interrupted:
-                continue
-            for row, image in zip(chunk, made, strict=True):
-                images[id(row.item)].append(image)
+        for group in _by_prompt_length(rows):
+            for start in range(0, len(group), self.batch_size):
+                chunk = [r for r in group[start : start + self.batch_size] if not r.item.cancelled]
+                if not chunk:
+                    continue
+                try:
+                    made = self._run_rows(model, key, chunk)
+                except _Interrupted:
+                    continue
+                for row, image in zip(chunk, made, strict=True):
+                    images[id(row.item)].append(image)
         return {id(i): Outcome(images=images[id(i)], prompt=prompts[id(i)]) for i in items}
 
     def _prepare(self, model: LoadedModel, item: WorkItem) -> None:
@@ -218,3 +219,12 @@ def _finish_if_cancelled(item: WorkItem) -> bool:
         item.on_done(Cancelled("The job was cancelled."))
         return True
     return False
+
+
+def _by_prompt_length(rows: list[_Row]) -> list[list[_Row]]:
+    """Rows grouped by their embeddings' length, in order: long prompts (several 77-token
+    windows) cannot share a pipeline call with shorter ones."""
+    groups: dict[int, list[_Row]] = {}
+    for row in rows:
+        groups.setdefault(row.embeds.length, []).append(row)
+    return list(groups.values())

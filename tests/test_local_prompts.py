@@ -1,0 +1,135 @@
+"""Long prompts (inference/local/prompts.py): 75-token windows instead of a cut at 77 tokens.
+
+The windows are checked on the tests' tiny CLIP tokenizer; the engine on the tiny SD and SDXL
+models must let a word past the 77th token change the image, and batch a long-prompt job with a
+short one exactly as it runs each alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from test_local_engine import Job, generate, run
+from tiny_models import TinyModels, make_clip_tokenizer, tiny_models
+
+from inference.local.engine import Engine
+from inference.local.prompts import chunk_token_ids
+from inference.local.registry import ModelRegistry
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+TAGS = ", ".join(f"tag{index}" for index in range(40))  # well over 77 tokens
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> object:
+    return make_clip_tokenizer()
+
+
+def _inner(tokenizer: object, windows: list[list[int]]) -> list[int]:
+    """The text tokens of each window (start, end and padding dropped), joined."""
+    tokens: list[int] = []
+    for window in windows:
+        end = window.index(tokenizer.eos_token_id, 1)  # type: ignore[attr-defined]
+        tokens.extend(window[1:end])
+    return tokens
+
+
+def test_a_short_prompt_is_the_tokenizers_own_window(tokenizer: object) -> None:
+    expected = tokenizer(  # type: ignore[operator]
+        "a red fox", padding="max_length", max_length=77, truncation=True
+    ).input_ids
+    assert chunk_token_ids(tokenizer, "a red fox") == [expected]
+    empty = tokenizer("", padding="max_length", max_length=77).input_ids  # type: ignore[operator]
+    assert chunk_token_ids(tokenizer, "") == [empty]
+
+
+def test_a_long_prompt_keeps_every_token_in_windows_of_77(tokenizer: object) -> None:
+    ids = tokenizer(TAGS, add_special_tokens=False).input_ids  # type: ignore[operator]
+    assert len(ids) > 150
+    windows = chunk_token_ids(tokenizer, TAGS)
+    assert len(windows) >= 3
+    assert all(len(window) == 77 for window in windows)
+    assert all(window[0] == tokenizer.bos_token_id for window in windows)  # type: ignore[attr-defined]
+    assert _inner(tokenizer, windows) == ids  # nothing cut, nothing repeated
+
+
+def test_a_window_ends_after_a_comma_so_tags_stay_whole(tokenizer: object) -> None:
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # type: ignore[attr-defined]
+    windows = chunk_token_ids(tokenizer, TAGS)
+    for window in windows[:-1]:
+        end = window.index(tokenizer.eos_token_id, 1)  # type: ignore[attr-defined]
+        assert window[end - 1] == comma
+        assert end - 1 > 75 - 20  # the comma was near the end: the window is nearly full
+
+
+def test_without_a_comma_a_window_is_cut_at_75_tokens(tokenizer: object) -> None:
+    text = " ".join(["fox"] * 120)
+    windows = chunk_token_ids(tokenizer, text)
+    first_end = windows[0].index(tokenizer.eos_token_id, 1)  # type: ignore[attr-defined]
+    assert first_end == 76  # start token + 75
+    assert _inner(tokenizer, windows) == tokenizer(text, add_special_tokens=False).input_ids  # type: ignore[operator]
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models() -> TinyModels:
+    return tiny_models()
+
+
+@pytest.fixture(scope="module")
+def registry(models: TinyModels) -> ModelRegistry:
+    return ModelRegistry.load(models.models_file)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    engine = Engine(device="cpu", batch_size=4, cache_size=3)
+    yield engine
+    engine.close()
+
+
+def _differ(first: np.ndarray, second: np.ndarray) -> bool:
+    return bool(np.abs(first - second).max() > 3)
+
+
+@pytest.mark.parametrize("model_id", ["tiny", "tiny-xl"])
+def test_words_past_the_77th_token_change_the_image(
+    engine: Engine, registry: ModelRegistry, model_id: str
+) -> None:
+    size = {"width": 64, "height": 64} if model_id == "tiny" else {"width": 64, "height": 72}
+    (red,) = generate(engine, registry, model_id=model_id, prompt=f"{TAGS}, red", **size)
+    (blue,) = generate(engine, registry, model_id=model_id, prompt=f"{TAGS}, blue", **size)
+    (again,) = generate(engine, registry, model_id=model_id, prompt=f"{TAGS}, red", **size)
+    assert _differ(red, blue)
+    assert not _differ(red, again)
+
+
+def test_a_long_negative_prompt_counts_to_its_end(engine: Engine, registry: ModelRegistry) -> None:
+    (first,) = generate(engine, registry, negative_prompt=f"{TAGS}, blurry")
+    (second,) = generate(engine, registry, negative_prompt=f"{TAGS}, grainy")
+    assert _differ(first, second)
+
+
+def test_long_and_short_prompts_in_one_batch_equal_each_alone(
+    engine: Engine, registry: ModelRegistry
+) -> None:
+    specs = [
+        {"prompt": "a red fox", "seed": 7},
+        {"prompt": f"{TAGS}, a red fox", "seed": 8, "samples": 2},
+        {"prompt": "the ocean", "seed": 9, "negative_prompt": f"{TAGS}, blurry"},
+    ]
+    batched = [Job(registry, **spec) for spec in specs]
+    assert len({job.item.key for job in batched}) == 1  # one batch key: sent together
+    run(engine, *batched)
+    for spec, job in zip(specs, batched, strict=True):
+        alone = generate(engine, registry, **spec)
+        assert len(job.arrays) == len(alone)
+        for together, single in zip(job.arrays, alone, strict=True):
+            assert np.abs(together - single).max() <= 3
