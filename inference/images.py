@@ -35,7 +35,7 @@ from inference.errors import (
     InvalidRequest,
 )
 from inference.settings import InferenceSettings
-from inference.urls import check_url_syntax, resolve_public_host
+from inference.urls import check_url_syntax, pin, resolve_public_host
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -511,7 +511,7 @@ class _Policy:
     what: str  # "The image" / "The result image"
     fail: Callable[[str], InferenceError]
     fail_timeout: Callable[[str], InferenceError]
-    check_hop: Callable[[httpx.URL, int], Awaitable[None]]
+    check_hop: Callable[[httpx.URL, int], Awaitable[str | None]]  # → the address to connect to
     check_type: Callable[[str], None] | None = None
     check_head: Callable[[bytes], None] | None = None
 
@@ -532,14 +532,15 @@ async def fetch_image(
     settings = settings if settings is not None else InferenceSettings()
     allow_private = settings.allow_private_urls
 
-    async def check_hop(target: httpx.URL, hop: int) -> None:
+    async def check_hop(target: httpx.URL, hop: int) -> str | None:
         field = "The image URL" if hop == 0 else "The redirect target"
         try:
             check_url_syntax(
                 str(target), field=field, schemes=("http", "https"), allow_private=allow_private
             )
-            if not allow_private:
-                await resolve_public_host(target.host, target.port or _default_port(target))
+            if allow_private:
+                return None
+            return await resolve_public_host(target.host, target.port or _default_port(target))
         except InvalidRequest as exc:
             prefix = f"The image URL redirected to {_display_url(target)}. " if hop else ""
             raise InvalidImage(prefix + str(exc)) from None
@@ -578,6 +579,7 @@ async def fetch_trusted(
     async def check_hop(target: httpx.URL, hop: int) -> None:
         if target.scheme not in ("http", "https"):
             raise BackendError(f"The result URL {_display_url(target)} is not an http(s) URL.")
+        return None  # the configured API's own host: connect by name
 
     policy = _Policy(
         label="The result URL",
@@ -626,8 +628,10 @@ async def _download(
 async def _follow(client: httpx.AsyncClient, url: str, policy: _Policy, max_bytes: int) -> bytes:
     target = httpx.URL(url)
     for hop in range(MAX_REDIRECTS + 1):
-        await policy.check_hop(target, hop)
-        request = client.build_request("GET", target, headers=_HEADERS)
+        pinned = pin(target, await policy.check_hop(target, hop))
+        request = client.build_request(
+            "GET", pinned.url, headers={**_HEADERS, **pinned.headers}, extensions=pinned.extensions
+        )
         response = await client.send(request, stream=True, follow_redirects=False)
         try:
             status = response.status_code

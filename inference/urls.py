@@ -2,7 +2,9 @@
 
 `check_url_syntax` runs inside request validation (no network). `resolve_public_host` runs just
 before a connection is made and checks every address the name resolves to, so a public-looking name
-that points at loopback or a private network is refused too (and again after each redirect).
+that points at loopback or a private network is refused too (and again after each redirect). The
+connection then goes to the address that was checked (`pin`), not to the name: a second lookup by
+the HTTP client could get another answer (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+import httpx
 
 from inference.errors import InvalidRequest
 
-__all__ = ["check_url_syntax", "is_public_address", "resolve_public_host"]
+__all__ = ["PinnedTarget", "check_url_syntax", "is_public_address", "pin", "resolve_public_host"]
 
 _BLOCKED_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 
@@ -67,8 +72,8 @@ def check_url_syntax(url: str, *, field: str, schemes: tuple[str, ...], allow_pr
     return url
 
 
-async def resolve_public_host(host: str, port: int) -> None:
-    """Raise `InvalidRequest` unless every address `host` resolves to is public."""
+async def resolve_public_host(host: str, port: int) -> str:
+    """The address to connect to; raises `InvalidRequest` unless every one `host` has is public."""
     literal = _literal_ip(host)
     if literal is not None:
         addresses = [literal]
@@ -81,3 +86,26 @@ async def resolve_public_host(host: str, port: int) -> None:
         addresses = [str(info[4][0]) for info in infos]
     if not addresses or not all(is_public_address(a) for a in addresses):
         raise InvalidRequest("The URL points to a private or local address; use a public URL.")
+    return addresses[0]
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    """A request to a URL's checked address: pass all three to httpx (`url`, `headers=`,
+    `extensions=`). The name stays in the Host header and in TLS (SNI and the certificate check)."""
+
+    url: httpx.URL
+    headers: dict[str, str] = field(default_factory=dict)
+    extensions: dict[str, str] = field(default_factory=dict)
+
+
+def pin(url: httpx.URL, address: str | None) -> PinnedTarget:
+    """`url` sent to `address` (from `resolve_public_host`); unchanged without an address or when
+    the URL already names an IP."""
+    if address is None or _literal_ip(url.host) is not None:
+        return PinnedTarget(url)
+    return PinnedTarget(
+        url=url.copy_with(host=address),
+        headers={"Host": url.netloc.decode("ascii")},
+        extensions={"sni_hostname": url.host},
+    )

@@ -18,7 +18,7 @@ import httpx
 
 from inference.errors import InvalidRequest
 from inference.result import Img2ImgResult
-from inference.urls import resolve_public_host
+from inference.urls import pin, resolve_public_host
 
 __all__ = ["WebhookSender"]
 
@@ -83,9 +83,13 @@ class WebhookSender:
         """None: delivered; True: worth retrying; False: give up."""
         host = url.host
         try:
+            address = None
             if not self.allow_private_urls:
-                await resolve_public_host(host, url.port or 443)
-            response = await client.post(url, json=payload)
+                address = await resolve_public_host(host, url.port or 443)
+            target = pin(url, address)  # connect to the address just checked, not the name again
+            response = await client.post(
+                target.url, json=payload, headers=target.headers, extensions=target.extensions
+            )
         except InvalidRequest as exc:
             log.warning("webhook to %s refused: %s", host, exc)
             return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import ssl
 import struct
 import time
 import zipfile
@@ -18,11 +19,13 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from aiohttp import web
 from PIL import ExifTags, Image, ImageDraw, ImageOps
 from skimage import data as samples
 
@@ -40,6 +43,7 @@ from inference.images import (
 from inference.request import Img2ImgRequest
 from inference.result import effective_meta
 from inference.settings import InferenceSettings
+from inference.urls import PinnedTarget, pin
 
 PUBLIC_IP = "93.184.215.14"  # a globally routable literal: no DNS lookup, never contacted
 
@@ -751,7 +755,57 @@ async def test_host_names_are_checked_by_what_they_resolve_to(
         else:
             with pytest.raises(InvalidImage, match="private or local address"):
                 await fetch
-    assert len(seen) == (1 if allowed else 0)
+    assert seen == ([f"https://{PUBLIC_IP}/cat.png"] if allowed else [])
+
+
+async def test_the_download_goes_to_the_address_that_was_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the name answers a public address to the check, then a private one. The
+    client must connect to the checked address (the name kept for Host, SNI and the certificate),
+    not look the name up again; each redirect hop is checked and pinned the same way."""
+    answers = {  # each name: public the first time it is asked, private after
+        "images.example.com": iter([PUBLIC_IP, "127.0.0.1"]),
+        "cdn.example.org": iter(["151.101.1.69", "10.0.0.1"]),
+    }
+    looked_up: list[str] = []
+
+    async def rebinding_getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+        looked_up.append(f"{host}:{port}")
+        return [(2, 1, 6, "", (next(answers[host]), port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", rebinding_getaddrinfo)
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.url.path == "/old":
+            return httpx.Response(302, headers={"Location": "https://cdn.example.org:8443/new.png"})
+        return image_answer(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        data = await fetch_image(
+            "https://images.example.com/old", settings=public_settings(), client=client
+        )
+    assert data == case_grey()[0][:40]
+    assert looked_up == ["images.example.com:443", "cdn.example.org:8443"]
+    first, second = requests
+    assert str(first.url) == f"https://{PUBLIC_IP}/old"
+    assert first.headers["host"] == "images.example.com"
+    assert first.extensions["sni_hostname"] == "images.example.com"
+    assert str(second.url) == "https://151.101.1.69:8443/new.png"
+    assert second.headers["host"] == "cdn.example.org:8443"
+    assert second.extensions["sni_hostname"] == "cdn.example.org"
+
+
+def test_pinning_leaves_ip_urls_and_unchecked_urls_alone() -> None:
+    by_ip = httpx.URL(f"https://{PUBLIC_IP}/a.png")
+    assert pin(by_ip, PUBLIC_IP) == PinnedTarget(by_ip)
+    by_name = httpx.URL("https://images.example.com/a.png")
+    assert pin(by_name, None) == PinnedTarget(by_name)
+    v6 = pin(by_name, "2606:4700::1111")
+    assert str(v6.url) == "https://[2606:4700::1111]/a.png"
+    assert v6.headers == {"Host": "images.example.com"}
 
 
 def test_without_png_the_encoder_goes_straight_to_webp_keeping_the_parameters() -> None:
@@ -759,3 +813,38 @@ def test_without_png_the_encoder_goes_straight_to_webp_keeping_the_parameters() 
     data, fmt = encode_image(image, parameters=PARAMETERS, allow_png=False)
     assert fmt == "webp"
     assert read_parameters(data) == PARAMETERS
+
+
+async def test_a_pinned_https_request_still_verifies_the_certificate_of_the_name() -> None:
+    """Real TLS on loopback: the server's certificate names `images.test`. Sent to the address
+    with the name as SNI, the request verifies and is served; sent to the bare address, the
+    certificate check refuses it (what pinning must not lose)."""
+    tls = Path(__file__).parent / "data" / "tls"
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tls / "images.test.crt", tls / "images.test.key")
+    hosts: list[str] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        hosts.append(request.host)
+        return web.Response(body=b"\x89PNG", content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/a.png", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context).start()
+    port = runner.addresses[0][1]
+    client_context = ssl.create_default_context(cafile=str(tls / "images.test.crt"))
+    try:
+        async with httpx.AsyncClient(verify=client_context) as client:
+            pinned = pin(httpx.URL(f"https://images.test:{port}/a.png"), "127.0.0.1")
+            response = await client.get(
+                pinned.url, headers=pinned.headers, extensions=pinned.extensions
+            )
+            assert response.content == b"\x89PNG"
+            assert hosts == [f"images.test:{port}"]
+        async with httpx.AsyncClient(verify=client_context) as fresh:  # no pooled connection
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await fresh.get(pinned.url, headers=pinned.headers)
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,26 @@ async def test_cancel_removes_a_queued_job(backend: LocalBackend, gate: Gate) ->
     gate.opened.set()
     assert len((await running).images) == 1
     assert len(gate.calls) == calls and progress.steps == []
+
+
+async def test_generation_time_counts_from_when_the_worker_took_the_job(
+    backend: LocalBackend, gate: Gate
+) -> None:
+    """Like the API's generationTime: time spent waiting in the queue is not part of it."""
+    gate.close()
+    running = asyncio.create_task(backend.generate(job("a"), Progress(), CancelToken()))
+    await gate.wait_entered()
+    progress = Progress()
+    queued = asyncio.create_task(
+        backend.generate(job("b", guidance_scale=3), progress, CancelToken())  # not batched
+    )
+    await progress.queued.wait()
+    await asyncio.sleep(0.5)  # not synchronisation: a known stretch of queue time for "b"
+    opened = time.perf_counter()
+    gate.opened.set()
+    await running
+    result = await queued
+    assert 0 < result.generationTime <= time.perf_counter() - opened
 
 
 async def test_cancel_stops_a_running_job(backend: LocalBackend) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -91,3 +93,24 @@ async def test_private_addresses_are_never_posted_to(url: str) -> None:
 async def test_private_addresses_are_allowed_when_configured() -> None:
     server = Server(200)
     assert await sender(server, private=True).send("https://127.0.0.1/hook", RESULT) is True
+
+
+async def test_the_post_goes_to_the_address_that_was_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One lookup, checked, then the connection to that address (no second lookup to rebind)."""
+    answers = iter(["151.101.1.69", "127.0.0.1"])
+    looked_up: list[str] = []
+
+    async def rebinding_getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+        looked_up.append(host)
+        return [(2, 1, 6, "", (next(answers), port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", rebinding_getaddrinfo)
+    server = Server(204)
+    assert await sender(server, private=False).send("https://hooks.example.com/in", RESULT)
+    (request,) = server.requests
+    assert looked_up == ["hooks.example.com"]
+    assert str(request.url) == "https://151.101.1.69/in"
+    assert request.headers["host"] == "hooks.example.com"
+    assert request.extensions["sni_hostname"] == "hooks.example.com"

@@ -198,7 +198,8 @@ class LocalBackend:
             id=job.id,
             meta=meta,
             nsfw_content_detected=[i.nsfw for i in images],
-            generationTime=round(time.perf_counter() - started, 3),
+            # From the moment the GPU worker took the job up, as the API counts it (no queue).
+            generationTime=round(time.perf_counter() - (item.started_at or started), 3),
             track_id=request.track_id,
             images=images,
         )

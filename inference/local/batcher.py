@@ -117,6 +117,7 @@ class WorkItem:
     on_progress: ProgressHook
     on_done: DoneHook
     abandoned: threading.Event = field(default_factory=threading.Event)
+    started_at: float | None = None  # time.perf_counter() when the engine took it up
 
     @property
     def samples(self) -> int:

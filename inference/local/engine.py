@@ -12,6 +12,7 @@ retries (fresh generators, so the images do not change); one image that does not
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,9 @@ class Engine:
     # -- one batch -------------------------------------------------------------------------------
 
     def _generate(self, items: list[WorkItem]) -> dict[int, Outcome]:
+        now = time.perf_counter()
+        for item in items:
+            item.started_at = now
         first = items[0]
         key = first.key
         if first.selection.model.name not in self.cache:
