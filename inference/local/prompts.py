@@ -10,12 +10,11 @@ layer, so diffusers' k = clip_skip - 1:
 Both the prompt and the negative prompt use the same layer. Each job is encoded on its own (batch 1)
 so that a job's embeddings are the same whether or not it shares a batch.
 
-Long prompts are not cut at CLIP's 77 tokens: as in A1111 (and as the hosted API accepts them),
-the tokens are split into chunks of 75, each wrapped in start/end tokens and encoded alone, and the
-embeddings are concatenated. A chunk ends after its last comma when that comma is within 20 tokens
-of the end, so a tag is not split between chunks. The prompt and its negative are padded with empty
-chunks to the same length; SDXL's pooled embedding comes from the first chunk. A prompt of up to 75
-tokens gives exactly the single-window embedding.
+Long prompts are not cut at CLIP's 77 tokens: each window of `inference.local.windows` is encoded
+on its own and the embeddings are joined; the prompt and its negative are padded with empty windows
+to the same length, and SDXL's pooled embedding comes from the first window. Emphasis (`(word:1.2)`)
+scales each token's embedding by its weight, then each window back to its former mean, as in A1111.
+A plain prompt of up to 75 tokens gives exactly the single-window embedding.
 """
 
 from __future__ import annotations
@@ -26,10 +25,9 @@ from typing import Any
 import torch
 
 from inference.errors import InvalidRequest
+from inference.local.windows import Windows, prompt_windows
 
-__all__ = ["PromptEmbeds", "chunk_token_ids", "encode_prompts", "pipeline_kwargs", "skip_layers"]
-
-COMMA_BACKTRACK = 20  # tokens: how far back from a chunk's end a comma may close it
+__all__ = ["PromptEmbeds", "encode_prompts", "pipeline_kwargs", "skip_layers"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def encode_prompts(
         return _encode_sdxl(pipe, prompt, negative_prompt, skip, guidance)
     encode = _sd_encoder(pipe, skip)
     texts = [prompt, negative_prompt or ""] if guidance else [prompt]
-    windows = _same_count([chunk_token_ids(pipe.tokenizer, text) for text in texts], pipe.tokenizer)
+    windows = _same_count([prompt_windows(pipe.tokenizer, text) for text in texts], pipe.tokenizer)
     embeds = [encode(chunks) for chunks in windows]
     return PromptEmbeds(prompt=embeds[0], negative=embeds[1] if guidance else None)
 
@@ -92,61 +90,34 @@ def _need(tensor: torch.Tensor | None) -> torch.Tensor:
     return tensor
 
 
-def chunk_token_ids(tokenizer: Any, text: str) -> list[list[int]]:
-    """`text` as windows of `model_max_length` token ids: start, up to 75 tokens, end, padding."""
-    size = int(tokenizer.model_max_length) - 2
-    ids: list[int] = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
-    comma = tokenizer.convert_tokens_to_ids(",</w>")
-    if comma == tokenizer.unk_token_id:
-        comma = None  # a vocabulary without CLIP's comma token: cut at the window's end
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    for token in ids:
-        if len(current) == size:
-            cut = _comma_cut(current, comma)
-            chunks.append(current[:cut])
-            current = current[cut:]
-        current.append(token)
-    chunks.append(current)
-    return [_window(tokenizer, chunk, size) for chunk in chunks]
-
-
-def _comma_cut(tokens: list[int], comma: int | None) -> int:
-    """Where a full chunk ends: after its last comma if that is near the end, else at its end."""
-    if comma is not None:
-        for index in range(len(tokens) - 1, max(-1, len(tokens) - 1 - COMMA_BACKTRACK), -1):
-            if tokens[index] == comma:
-                return index + 1
-    return len(tokens)
-
-
-def _window(tokenizer: Any, chunk: list[int], size: int) -> list[int]:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    window = [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id]
-    return window + [pad] * (size + 2 - len(window))
-
-
-def _same_count(windows: list[list[list[int]]], tokenizer: Any) -> list[list[list[int]]]:
-    """Pad each text's windows with empty ones so that all have as many (CFG stacks them)."""
-    most = max(len(w) for w in windows)
-    return [_padded(w, most, tokenizer) for w in windows]
-
-
-def _padded(windows: list[list[int]], count: int, tokenizer: Any) -> list[list[int]]:
-    empty = _window(tokenizer, [], int(tokenizer.model_max_length) - 2)
-    return windows + [empty] * (count - len(windows))
+def _same_count(texts: list[Windows], tokenizer: Any) -> list[Windows]:
+    """Each text's windows padded with empty ones to the longest's count (CFG stacks them)."""
+    most = max(len(w) for w in texts)
+    return [w.padded(most, tokenizer) for w in texts]
 
 
 def _window_tensors(
-    tokenizer: Any, windows: list[list[int]], device: torch.device
+    tokenizer: Any, windows: Windows, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask (start, text and end tokens) of the windows."""
-    ids = torch.tensor(windows, dtype=torch.long, device=device)
+    ids = torch.tensor(windows.ids, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
-    for row, window in enumerate(windows):
+    for row, window in enumerate(windows.ids):
         used = window.index(tokenizer.eos_token_id) + 1
         mask[row, :used] = 1
     return ids, mask
+
+
+def _emphasise(hidden: torch.Tensor, windows: Windows) -> torch.Tensor:
+    """Each token's embedding times its weight, each window rescaled to its former mean (A1111)."""
+    if not windows.emphasised:
+        return hidden
+    weights = torch.tensor(windows.weights, dtype=torch.float32, device=hidden.device)
+    plain = hidden.float()
+    weighted = plain * weights.unsqueeze(-1)
+    before = plain.mean(dim=(1, 2), keepdim=True)
+    after = weighted.mean(dim=(1, 2), keepdim=True)
+    return (weighted * (before / after)).to(hidden.dtype)
 
 
 def _joined(hidden: torch.Tensor) -> torch.Tensor:
@@ -172,11 +143,11 @@ def _sd_encoder(pipe: Any, skip: int) -> Any:
     final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
     use_mask = bool(getattr(encoder.config, "use_attention_mask", False))
 
-    def encode(windows: list[list[int]]) -> torch.Tensor:
+    def encode(windows: Windows) -> torch.Tensor:
         ids, mask = _window_tensors(tokenizer, windows, device)
         out = encoder(ids, attention_mask=mask if use_mask else None, output_hidden_states=True)
         hidden: torch.Tensor = final_norm(out.hidden_states[-(skip + 1)])
-        return _joined(hidden).to(dtype=pipe.unet.dtype)
+        return _joined(_emphasise(hidden, windows)).to(dtype=pipe.unet.dtype)
 
     return encode
 
@@ -199,19 +170,19 @@ def _encode_sdxl(
     def encode(text: str, windows: int) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = [], None
         for tokenizer, encoder in pairs:
-            chunks = _padded(chunk_token_ids(tokenizer, text), windows, tokenizer)
+            chunks = prompt_windows(tokenizer, text).padded(windows, tokenizer)
             ids, _ = _window_tensors(tokenizer, chunks, device)
             out = encoder(ids, output_hidden_states=True)
             if out[0].ndim == 2:  # the projection model's pooled text embedding
                 pooled = out[0][:1]  # from the first window
-            hidden.append(_joined(out.hidden_states[-(skip + 2)]))
+            hidden.append(_joined(_emphasise(out.hidden_states[-(skip + 2)], chunks)))
         assert pooled is not None, "SDXL needs a text encoder with projection"
         dtype = pairs[-1][1].dtype
         return torch.cat(hidden, dim=-1).to(dtype=dtype), pooled.to(dtype=dtype)
 
     # Every encoder, and the prompt and its negative, get as many windows as the longest needs.
     texts = [prompt, negative or ""] if guidance else [prompt]
-    windows = max(len(chunk_token_ids(tok, text)) for tok, _ in pairs for text in texts)
+    windows = max(len(prompt_windows(tok, text)) for tok, _ in pairs for text in texts)
     embeds, pooled = encode(prompt, windows)
     if not guidance:
         return PromptEmbeds(prompt=embeds, negative=None, pooled=pooled)

@@ -1,0 +1,95 @@
+"""A1111's prompt emphasis syntax, the one prompts shared for SD and Pony models are written in.
+
+- `(words)` multiplies their weight by 1.1, `[words]` divides it by 1.1; brackets nest;
+- `(words:1.3)` sets the factor explicitly (any number, negative too);
+- `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are the literal characters;
+- a bracket left open applies to the rest of the prompt, a stray closing one is ignored;
+- the word `BREAK` (capitals, on its own) ends the current 75-token window.
+
+`parse_emphasis` gives (text, weight) pieces; `BREAK` comes out as the piece `("BREAK", -1.0)`.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["BREAK", "ROUND", "SQUARE", "parse_emphasis"]
+
+ROUND = 1.1
+SQUARE = 1 / 1.1
+BREAK = ("BREAK", -1.0)
+
+_PARTS = re.compile(
+    r"""
+      \\[()\[\]\\]                          # an escaped bracket or backslash
+    | \(  | \[                              # opening brackets
+    | :\s*(?P<weight>[+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # ':1.3)' closes a round bracket
+    | \)  | \]                              # closing brackets
+    | \\                                    # a lone backslash
+    | [^\\()\[\]:]+                         # plain text
+    | :                                     # a colon that closes nothing
+    """,
+    re.VERBOSE,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def parse_emphasis(text: str) -> list[tuple[str, float]]:
+    """`text` as pieces with their weights; adjacent pieces of one weight are merged."""
+    pieces: list[list[str | float]] = []  # [text, weight]
+    rounds: list[int] = []  # where each open bracket's pieces start
+    squares: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for piece in pieces[start:]:
+            piece[1] = float(piece[1]) * factor
+
+    for match in _PARTS.finditer(text):
+        part = match.group(0)
+        weight = match.group("weight")
+        if part.startswith("\\") and len(part) == 2:
+            pieces.append([part[1], 1.0])
+        elif part == "(":
+            rounds.append(len(pieces))
+        elif part == "[":
+            squares.append(len(pieces))
+        elif weight is not None and rounds:
+            scale(rounds.pop(), float(weight))
+        elif part == ")" and rounds:
+            scale(rounds.pop(), ROUND)
+        elif part == "]" and squares:
+            scale(squares.pop(), SQUARE)
+        elif weight is not None:
+            pieces.append([part[0], 1.0])  # ':1.3)' without an open bracket: its colon is text
+            pieces.append([part[1:].rstrip(")").strip(), 1.0])
+        elif part in (")", "]"):
+            continue  # a stray closing bracket
+        else:
+            pieces.append([part, 1.0])
+    for start in rounds:
+        scale(start, ROUND)
+    for start in squares:
+        scale(start, SQUARE)
+    return _merged(_with_breaks(pieces))
+
+
+def _with_breaks(pieces: list[list[str | float]]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for text, weight in pieces:
+        parts = _BREAK.split(str(text))
+        for index, part in enumerate(parts):
+            if index:
+                out.append(BREAK)
+            if part:
+                out.append((part, float(weight)))
+    return out
+
+
+def _merged(pieces: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for text, weight in pieces:
+        if out and out[-1][1] == weight and (text, weight) != BREAK and out[-1] != BREAK:
+            out[-1] = (out[-1][0] + text, weight)
+        else:
+            out.append((text, weight))
+    return out
