@@ -5,8 +5,9 @@
 SD-1.5-sized random-weight models at 512 px (SDXL-sized at 1024 px with --sdxl), fp16, through
 `LocalBackend` exactly as the bot uses it: every scheduler, seeds, batching (a batch equals the
 same jobs alone), clip_skip, LoRA, VAE swap, ToMe (changes the image, reproducible), Karras,
-cancellation of a running job, and the out-of-memory split under a real memory cap (the process
-is limited to what the model needs plus --oom-headroom-gb, then 16 images are asked for at once).
+long prompts (a word past the 77th token counts), emphasis, cancellation of a running job, and
+the out-of-memory split under a real memory cap (the process is limited to what the model needs
+plus --oom-headroom-gb, then 16 images are asked for at once).
 Each check is capped at --cap seconds. Exit status 1 when any check failed. --tiny runs the tests'
 tiny models on the CPU (the OOM is then simulated) to check the script itself.
 """
@@ -36,6 +37,8 @@ from inference.local.backend import LocalBackend
 from inference.local.registry import ModelRegistry
 from inference.port import CancelToken, Job, ProgressEvent
 from inference.request import SCHEDULERS, Img2ImgRequest
+
+LONG = ", ".join(f"tag{index}" for index in range(40))  # three 75-token windows
 
 
 class Calls:
@@ -132,11 +135,13 @@ class Checker:
         worst_max = max(float(d.max()) for d in diffs)
         return f"calls {calls}, worst mean diff {worst_mean:.2f}, max {worst_max:.0f}"
 
-    async def changes(self, label: str, base: dict[str, Any], changed: dict[str, Any]) -> str:
+    async def changes(
+        self, label: str, base: dict[str, Any], changed: dict[str, Any], least: float = 0.5
+    ) -> str:
         (a,) = await self.images(seed=3, **base)
         (b,) = await self.images(seed=3, **changed)
         diff = float(np.abs(a - b).mean())
-        assert diff > 0.5, f"{label} did not change the image (mean diff {diff:.2f})"
+        assert diff > least, f"{label} did not change the image (mean diff {diff:.2f})"
         return f"mean diff {diff:.1f}"
 
     async def tomesd_reproducible(self) -> str:
@@ -207,11 +212,18 @@ class Checker:
             ("VAE swap", {}, {"vae": "other"}),
             ("tomesd", {"tomesd": "no"}, {"tomesd": "yes"}),
             ("Karras sigmas", {"use_karras_sigmas": "no"}, {"use_karras_sigmas": "yes"}),
+            ("emphasis (word:1.8)", {"prompt": "a red fox"}, {"prompt": "a (red fox:1.8)"}),
         ]:
             await self.check(
                 f"{label} changes the image",
                 lambda name=label, b=base, c=changed: self.changes(name, b, c),
             )
+        # One word among 120 tokens moves the image less; a prompt cut at 77 moves it not at all.
+        long_prompts = ({"prompt": f"{LONG}, red"}, {"prompt": f"{LONG}, blue"})
+        await self.check(
+            "a word past the 77th token changes the image",
+            lambda: self.changes("a word past the 77th token", *long_prompts, least=0.05),
+        )
         await self.check("tomesd is reproducible", self.tomesd_reproducible)
         await self.check("cancel stops a running job", self.cancel)
         await self.check("out of memory splits the batch", self.out_of_memory)
