@@ -819,7 +819,7 @@ async def test_a_pinned_https_request_still_verifies_the_certificate_of_the_name
     """Real TLS on loopback: the server's certificate names `images.test`. Sent to the address
     with the name as SNI, the request verifies and is served; sent to the bare address, the
     certificate check refuses it (what pinning must not lose)."""
-    tls = Path(__file__).parent / "data" / "tls"
+    tls = Path(__file__).parent / "tls"
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(tls / "images.test.crt", tls / "images.test.key")
     hosts: list[str] = []
