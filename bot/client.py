@@ -30,9 +30,10 @@ DISCORD_CONNECTIONS = 32
 warm keep-alive connections for its acknowledgements instead of opening (and, in production,
 TLS-handshaking) one per interaction; measured in bench/bot_burst.py."""
 IMAGE_LOADS_AT_ONCE = 16
-"""Init images downloaded and decoded at the same time. Bounds memory under a burst, and when a
+"""Attachments downloaded and decoded at the same time. Bounds memory under a burst, and when a
 burst's acknowledgements are done the waiting jobs go on a few at a time, not all in one pass of
-the event loop (which would delay whatever interaction arrives next)."""
+the event loop (which would delay whatever interaction arrives next). Links to other hosts are
+not counted: a slow host chosen by one user must not hold up everyone's attachments."""
 
 
 def point_discord_at(api_base: str, gateway_url: str | None) -> None:
@@ -80,7 +81,7 @@ class Img2ImgBot(commands.Bot):
                 daily_quota_guild=settings.daily_quota_guild,
             ),
         )
-        self.image_loads = asyncio.Semaphore(IMAGE_LOADS_AT_ONCE)
+        self.attachment_loads = asyncio.Semaphore(IMAGE_LOADS_AT_ONCE)
         self._views: ViewFactory | None = None
         self.resumed_jobs = 0
 

@@ -179,8 +179,9 @@ async def submit_job(
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True)
     await bot.acks.settled()  # a burst's other acknowledgements go first (bot/acks.py)
+    bound = bot.attachment_loads if source.attachment is not None else contextlib.nullcontext()
     try:
-        async with bot.image_loads:
+        async with bound:
             data = await _load_image(bot, source)
     except InvalidRequest as exc:
         await _respond(interaction, str(exc))

@@ -231,3 +231,47 @@ async def test_follow_up_work_waits_for_interactions_still_unanswered(
             EventKind.MESSAGE_EDITED, interaction_id=handle.id, timeout=60
         )  # the job's first status
         assert tracker.pending == 0
+
+
+async def test_a_slow_link_does_not_hold_up_other_users_attachments(
+    models: TinyModels, tmp_path: Path, fake_discord: FakeDiscord
+) -> None:
+    """Attachment loads are bounded; a link to a host that takes its time is not counted."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_image(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(body=INPUT, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/slow.png", slow_image)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    slow_url = f"http://127.0.0.1:{runner.addresses[0][1]}/slow.png"
+    backend = make_backend(models, Gate())
+    try:
+        async with running_bot(
+            fake_discord, backend, tmp_path / "jobs.sqlite3", models.models_file
+        ) as bot:
+            bot.attachment_loads = asyncio.Semaphore(1)
+            world = fake_discord.world
+            slow = await fake_discord.slash_command(
+                "img2img", {"prompt": "a fox", "image_url": slow_url, **FAST}, user=world.alice
+            )
+            await asyncio.wait_for(arrived.wait(), 30)  # alice's download hangs on its host
+            image = fake_discord.attachment(INPUT, "in.png")
+            quick = await fake_discord.slash_command(
+                "img2img", {"prompt": "a fox", "image": image, **FAST}, user=world.users["bob"]
+            )
+            await fake_discord.wait_event(
+                EventKind.MESSAGE_EDITED, interaction_id=quick.id, timeout=60
+            )  # bob's job went on meanwhile
+            release.set()
+            await fake_discord.wait_event(
+                EventKind.MESSAGE_EDITED, interaction_id=slow.id, timeout=60
+            )
+    finally:
+        release.set()
+        await runner.cleanup()
