@@ -18,7 +18,7 @@ from fakediscord.records import EventKind
 from fakediscord.world import default_world
 from test_bot_e2e import FAST, INPUT, is_queued, make_backend
 from test_local_backend import Gate
-from tiny_models import TinyModels, tiny_models
+from tiny_models import TinyModels
 
 from bot.acks import AckTracker, callback_interaction_id
 
@@ -141,11 +141,6 @@ async def test_the_trace_marks_an_interaction_answered_when_its_callback_ends(
 # -- the bot under a burst ------------------------------------------------------------------------
 
 BURST = 24
-
-
-@pytest.fixture(scope="module")
-def models() -> TinyModels:
-    return tiny_models()
 
 
 async def test_a_burst_is_acknowledged_before_any_follow_up(

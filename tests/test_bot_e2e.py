@@ -17,7 +17,7 @@ from bot_harness import BOT_TOKEN, button_labels, has_images, image_sizes, runni
 from fakediscord import FakeDiscord
 from PIL import Image
 from test_local_backend import FakeDetector, Gate
-from tiny_models import TinyModels, gradient_image, png_bytes, tiny_models
+from tiny_models import TinyModels, gradient_image, png_bytes
 
 from inference.local.backend import LocalBackend
 from inference.local.registry import ModelRegistry
@@ -29,11 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 FAST: dict[str, Any] = {"width": 64, "height": 64, "strength": 0.3}
 INPUT = png_bytes(gradient_image(96, 64))
 WAIT = 120.0
-
-
-@pytest.fixture(scope="module")
-def models() -> TinyModels:
-    return tiny_models()
 
 
 @pytest.fixture

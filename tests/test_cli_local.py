@@ -8,18 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
-from tiny_models import TinyModels, gradient_image, png_bytes, tiny_models
+from tiny_models import TinyModels, gradient_image, png_bytes
 
 from inference.images import read_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def models() -> TinyModels:
-    return tiny_models()
 
 
 def generate(

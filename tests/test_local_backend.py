@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 from PIL import Image
-from tiny_models import TinyModels, png_bytes, tiny_models
+from tiny_models import TinyModels, png_bytes
 
 from inference.errors import BackendUnavailable, Cancelled, InvalidImage, InvalidRequest
 from inference.images import read_parameters
@@ -89,11 +89,6 @@ def offline() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         yield
-
-
-@pytest.fixture(scope="module")
-def models() -> TinyModels:
-    return tiny_models()
 
 
 @pytest.fixture(scope="module")

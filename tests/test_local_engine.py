@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tiny_models import TinyModels, gradient_image, tiny_models
+from tiny_models import TinyModels, gradient_image
 
 from inference.errors import BackendError, Cancelled, InvalidRequest
 from inference.images import fit_to_size
@@ -41,23 +41,6 @@ def offline(monkeypatch_module: pytest.MonkeyPatch) -> None:
 def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
     with pytest.MonkeyPatch.context() as patch:
         yield patch
-
-
-@pytest.fixture(scope="module")
-def models() -> TinyModels:
-    return tiny_models()
-
-
-@pytest.fixture(scope="module")
-def registry(models: TinyModels) -> ModelRegistry:
-    return ModelRegistry.load(models.models_file)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    engine = Engine(device="cpu", batch_size=4, cache_size=3)
-    yield engine
-    engine.close()
 
 
 class Job:

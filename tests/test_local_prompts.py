@@ -8,13 +8,11 @@ exactly as it runs each alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
 from test_local_engine import Job, generate, run
-from tiny_models import TinyModels, make_clip_tokenizer, tiny_models
+from tiny_models import TinyModels, make_clip_tokenizer
 
 from inference.local.emphasis import BREAK, parse_emphasis
 from inference.local.engine import Engine
@@ -121,23 +119,6 @@ def test_each_token_carries_its_weight_and_break_ends_a_window(tokenizer: object
 
 
 # -- the engine ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models() -> TinyModels:
-    return tiny_models()
-
-
-@pytest.fixture(scope="module")
-def registry(models: TinyModels) -> ModelRegistry:
-    return ModelRegistry.load(models.models_file)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    engine = Engine(device="cpu", batch_size=4, cache_size=3)
-    yield engine
-    engine.close()
 
 
 def _differ(first: np.ndarray, second: np.ndarray) -> bool:

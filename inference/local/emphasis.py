@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 __all__ = ["BREAK", "ROUND", "SQUARE", "parse_emphasis"]
 
@@ -36,52 +37,53 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
 def parse_emphasis(text: str) -> list[tuple[str, float]]:
     """`text` as pieces with their weights; adjacent pieces of one weight are merged."""
-    pieces: list[list[str | float]] = []  # [text, weight]
+    texts: list[str] = []
+    weights: list[float] = []
     rounds: list[int] = []  # where each open bracket's pieces start
     squares: list[int] = []
 
     def scale(start: int, factor: float) -> None:
-        for piece in pieces[start:]:
-            piece[1] = float(piece[1]) * factor
+        weights[start:] = [weight * factor for weight in weights[start:]]
+
+    def add(piece: str) -> None:
+        texts.append(piece)
+        weights.append(1.0)
 
     for match in _PARTS.finditer(text):
         part = match.group(0)
         weight = match.group("weight")
         if part.startswith("\\") and len(part) == 2:
-            pieces.append([part[1], 1.0])
+            add(part[1])
         elif part == "(":
-            rounds.append(len(pieces))
+            rounds.append(len(texts))
         elif part == "[":
-            squares.append(len(pieces))
+            squares.append(len(texts))
         elif weight is not None and rounds:
             scale(rounds.pop(), float(weight))
         elif part == ")" and rounds:
             scale(rounds.pop(), ROUND)
         elif part == "]" and squares:
             scale(squares.pop(), SQUARE)
-        elif weight is not None:
-            pieces.append([part[0], 1.0])  # ':1.3)' without an open bracket: its colon is text
-            pieces.append([part[1:].rstrip(")").strip(), 1.0])
-        elif part in (")", "]"):
-            continue  # a stray closing bracket
-        else:
-            pieces.append([part, 1.0])
+        elif weight is not None:  # ':1.3)' without an open bracket: text, less the bracket
+            add(part[0])
+            add(part[1:].rstrip(")").strip())
+        elif part not in (")", "]"):  # a stray closing bracket is dropped
+            add(part)
     for start in rounds:
         scale(start, ROUND)
     for start in squares:
         scale(start, SQUARE)
-    return _merged(_with_breaks(pieces))
+    return _merged(_with_breaks(zip(texts, weights, strict=True)))
 
 
-def _with_breaks(pieces: list[list[str | float]]) -> list[tuple[str, float]]:
+def _with_breaks(pieces: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     for text, weight in pieces:
-        parts = _BREAK.split(str(text))
-        for index, part in enumerate(parts):
+        for index, part in enumerate(_BREAK.split(text)):
             if index:
                 out.append(BREAK)
             if part:
-                out.append((part, float(weight)))
+                out.append((part, weight))
     return out
 
 

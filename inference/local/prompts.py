@@ -167,10 +167,10 @@ def _encode_sdxl(
         _check_depth(encoder, skip + 1, offset=1)
     device = pipe._execution_device
 
-    def encode(text: str, windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(per_encoder: list[Windows], count: int) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = [], None
-        for tokenizer, encoder in pairs:
-            chunks = prompt_windows(tokenizer, text).padded(windows, tokenizer)
+        for (tokenizer, encoder), windows in zip(pairs, per_encoder, strict=True):
+            chunks = windows.padded(count, tokenizer)
             ids, _ = _window_tensors(tokenizer, chunks, device)
             out = encoder(ids, output_hidden_states=True)
             if out[0].ndim == 2:  # the projection model's pooled text embedding
@@ -182,12 +182,13 @@ def _encode_sdxl(
 
     # Every encoder, and the prompt and its negative, get as many windows as the longest needs.
     texts = [prompt, negative or ""] if guidance else [prompt]
-    windows = max(len(prompt_windows(tok, text)) for tok, _ in pairs for text in texts)
-    embeds, pooled = encode(prompt, windows)
+    tokenized = [[prompt_windows(tokenizer, text) for tokenizer, _ in pairs] for text in texts]
+    count = max(len(windows) for per_encoder in tokenized for windows in per_encoder)
+    embeds, pooled = encode(tokenized[0], count)
     if not guidance:
         return PromptEmbeds(prompt=embeds, negative=None, pooled=pooled)
     if negative is None and pipe.config.get("force_zeros_for_empty_prompt", False):
         neg, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
     else:
-        neg, neg_pooled = encode(negative or "", windows)
+        neg, neg_pooled = encode(tokenized[1], count)
     return PromptEmbeds(prompt=embeds, negative=neg, pooled=pooled, negative_pooled=neg_pooled)
