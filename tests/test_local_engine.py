@@ -314,11 +314,21 @@ def test_loading_is_reported_only_when_a_model_loads(registry: ModelRegistry) ->
 
 
 def test_a_batch_equals_the_same_jobs_run_alone(engine: Engine, registry: ModelRegistry) -> None:
-    specs = [
-        {"prompt": "a red fox", "seed": 100},
-        {"prompt": "a blue bird", "seed": 200, "samples": 2, "negative_prompt": "blurry"},
-        {"prompt": "the ocean", "seed": 300, "strength": 0.32},  # same step count as 0.3
-    ]
+    assert_batch_equals_alone(
+        engine,
+        registry,
+        [
+            {"prompt": "a red fox", "seed": 100},
+            {"prompt": "a blue bird", "seed": 200, "samples": 2, "negative_prompt": "blurry"},
+            {"prompt": "the ocean", "seed": 300, "strength": 0.32},  # same step count as 0.3
+        ],
+    )
+
+
+def assert_batch_equals_alone(
+    engine: Engine, registry: ModelRegistry, specs: list[dict[str, Any]]
+) -> None:
+    """The jobs of `specs` (one batch key) run together give what each gives run alone."""
     batched = [Job(registry, **spec) for spec in specs]
     assert len({job.item.key for job in batched}) == 1
     run(engine, *batched)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_local_engine import Job, generate, run
+from test_local_engine import assert_batch_equals_alone, generate
 from tiny_models import TinyModels, make_clip_tokenizer
 
 from inference.local.emphasis import BREAK, parse_emphasis
@@ -146,19 +146,15 @@ def test_a_long_negative_prompt_counts_to_its_end(engine: Engine, registry: Mode
 def test_long_and_short_prompts_in_one_batch_equal_each_alone(
     engine: Engine, registry: ModelRegistry
 ) -> None:
-    specs = [
-        {"prompt": "a red fox", "seed": 7},
-        {"prompt": f"{TAGS}, a red fox", "seed": 8, "samples": 2},
-        {"prompt": "the ocean", "seed": 9, "negative_prompt": f"{TAGS}, blurry"},
-    ]
-    batched = [Job(registry, **spec) for spec in specs]
-    assert len({job.item.key for job in batched}) == 1  # one batch key: sent together
-    run(engine, *batched)
-    for spec, job in zip(specs, batched, strict=True):
-        alone = generate(engine, registry, **spec)
-        assert len(job.arrays) == len(alone)
-        for together, single in zip(job.arrays, alone, strict=True):
-            assert np.abs(together - single).max() <= 3
+    assert_batch_equals_alone(
+        engine,
+        registry,
+        [
+            {"prompt": "a red fox", "seed": 7},
+            {"prompt": f"{TAGS}, a red fox", "seed": 8, "samples": 2},
+            {"prompt": "the ocean", "seed": 9, "negative_prompt": f"{TAGS}, blurry"},
+        ],
+    )
 
 
 def test_emphasis_weighs_words_without_reading_brackets_as_text(
