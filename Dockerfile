@@ -1,33 +1,35 @@
-# img2img bot: CUDA runtime, non-root, models and database on volumes.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# img2img bot: non-root, models and database on volumes.
+# One CUDA: the base image has none; PyTorch's CUDA wheels bring the CUDA and cuDNN libraries they
+# were built against, and the host's NVIDIA driver comes in through the NVIDIA container toolkit.
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    HF_HOME=/app/models/hf-cache \
-    IMG2IMG_MODELS=/app/models/models.toml \
-    IMG2IMG_DATABASE=/app/data/img2img.sqlite3
-
-# Ubuntu's python3 follows the base image; pinning it would break on every base update.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv /opt/venv
-
-WORKDIR /app
+FROM python:3.12-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
 COPY inference ./inference
-# Versions are bounded in pyproject.toml.
+# Versions are bounded in pyproject.toml; the cu128 index serves torch with its CUDA wheels.
 # hadolint ignore=DL3013
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cu128 '.[local]'
+RUN /opt/venv/bin/pip install --extra-index-url https://download.pytorch.org/whl/cu128 '.[local]'
 
+FROM python:3.12-slim-bookworm
+ENV PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    HF_HOME=/app/models/hf-cache \
+    IMG2IMG_MODELS=/app/models/models.toml \
+    IMG2IMG_DATABASE=/app/data/img2img.sqlite3
+# The project is installed in the venv; /app holds only the volumes.
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# The volumes belong to the image's user, so named volumes start out writable; bind-mounted host
+# folders must be owned by uid 10001 (see the README's Docker section).
 RUN useradd --create-home --uid 10001 img2img \
-    && mkdir -p /app/models /app/data \
+    && mkdir -p /app/models/hf-cache /app/data \
     && chown -R img2img:img2img /app/models /app/data
 USER 10001:10001
 

@@ -185,10 +185,8 @@ def make_real_bot(args: argparse.Namespace, gate: HoldGate) -> Any:
     import torch
 
     torch.set_num_threads(1)
-    from bot.catalog import load_catalog
-    from bot.client import Img2ImgBot
+    from bot.__main__ import build_bot
     from bot.config import BotSettings
-    from bot.store import JobStore
     from inference import InferenceSettings
     from inference.local.backend import LocalBackend
     from inference.local.registry import ModelRegistry
@@ -217,13 +215,7 @@ def make_real_bot(args: argparse.Namespace, gate: HoldGate) -> Any:
         detector=detector,
         oom_hook=gate,
     )
-    return Img2ImgBot(
-        settings=settings,
-        inference_settings=inference_settings,
-        backend=backend,
-        store=JobStore(settings.database),
-        catalog=load_catalog(inference_settings.models_file),
-    )
+    return build_bot(settings, inference_settings, backend)
 
 
 async def serve(

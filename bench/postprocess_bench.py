@@ -53,16 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _tables import table
 
 from bot.present import DEFAULT_UPLOAD_LIMIT, result_files
-from inference.images import (
+from inference.images import decode_image, encode_image, format_parameters, read_parameters
+from inference.images.encode import (
     JPEG_QUALITIES,
     PNG_COMPRESS_LEVEL,
     PNG_COMPRESS_TYPE,
     WEBP_METHOD,
     WEBP_QUALITY,
-    decode_image,
-    encode_image,
-    format_parameters,
-    read_parameters,
 )
 from inference.postprocess import finish_images
 from inference.request import Img2ImgRequest

@@ -1,4 +1,7 @@
-"""`python -m bot`: the composition root. Settings → backend → store → bot → Discord."""
+"""`python -m bot`: the composition root. Settings → backend → store, queue, buttons → bot.
+
+`build_bot` is the one place the bot's dependencies are built; tests and benchmarks use it too.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,46 @@ import sys
 import discord
 from pydantic import ValidationError
 
+from bot.acks import AckTracker
 from bot.catalog import load_catalog
 from bot.client import Img2ImgBot, point_discord_at
 from bot.config import BotSettings
+from bot.jobs import FairQueue, QueueLimits
 from bot.store import JobStore
-from inference import InferenceError, InferenceSettings
+from cogs.views import ButtonFactory
+from inference import Backend, InferenceError, InferenceSettings
 from inference.backends import create_backend
 
 log = logging.getLogger("bot")
+
+
+def queue_limits(settings: BotSettings) -> QueueLimits:
+    return QueueLimits(
+        max_pending_per_user=settings.max_pending_per_user,
+        max_pending_total=settings.max_pending_total,
+        daily_quota_user=settings.daily_quota_user,
+        daily_quota_guild=settings.daily_quota_guild,
+    )
+
+
+def build_bot(
+    settings: BotSettings, inference_settings: InferenceSettings, backend: Backend
+) -> Img2ImgBot:
+    """The bot with its store, catalog, queue, acknowledgement tracker and buttons.
+
+    Call it inside the running event loop (the client's HTTP connector needs it).
+    """
+    store = JobStore(settings.database)
+    return Img2ImgBot(
+        settings=settings,
+        inference_settings=inference_settings,
+        backend=backend,
+        store=store,
+        catalog=load_catalog(inference_settings.models_file),
+        queue=FairQueue(backend, store, queue_limits(settings)),
+        acks=AckTracker(),
+        views=ButtonFactory(),
+    )
 
 
 def _fail(message: str) -> int:
@@ -32,13 +67,7 @@ async def run(settings: BotSettings, inference_settings: InferenceSettings) -> i
         backend = create_backend(inference_settings)
     except (InferenceError, ValueError) as exc:
         return _fail(f"the {inference_settings.backend} backend cannot start: {exc}")
-    bot = Img2ImgBot(
-        settings=settings,
-        inference_settings=inference_settings,
-        backend=backend,
-        store=JobStore(settings.database),
-        catalog=load_catalog(inference_settings.models_file),
-    )
+    bot = build_bot(settings, inference_settings, backend)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))

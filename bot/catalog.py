@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from inference.models_file import ModelsFileMissing, read_models_file
 
 __all__ = ["Catalog", "load_catalog"]
 
@@ -35,12 +36,12 @@ class Catalog:
 def load_catalog(path: Path) -> Catalog:
     """Read the names from the models file; a missing file gives an empty catalog."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        file = read_models_file(path)
+    except ModelsFileMissing:
         return Catalog()
     return Catalog(
-        models=sorted(data.get("models", {})),
-        vaes=sorted(data.get("vaes", {})),
-        loras=sorted(data.get("loras", {})),
-        default_model=data.get("default_model"),
+        models=sorted(file.models),
+        vaes=sorted(file.vaes),
+        loras=sorted(file.loras),
+        default_model=file.default_model,
     )

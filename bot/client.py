@@ -1,4 +1,4 @@
-"""The Discord client: owns the queue, the store and the backend; loads the cogs."""
+"""The Discord client: holds the queue, the store and the backend it is given; loads the cogs."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from bot.acks import AckTracker
 from bot.catalog import Catalog
 from bot.config import BotSettings
 from bot.errors import report_unexpected
-from bot.jobs import FairQueue, JobQueue, QueueLimits
+from bot.jobs import JobQueue
 from bot.present import JobReporter, ViewFactory
 from bot.store import JobRecord, JobStore
 from inference import Backend, InferenceSettings
 
-__all__ = ["EXTENSIONS", "Img2ImgBot", "point_discord_at"]
+__all__ = ["EXTENSIONS", "Img2ImgBot", "Img2ImgTree", "point_discord_at"]
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("cogs.views", "cogs.img2img", "cogs.admin", "cogs.history")
+EXTENSIONS = ("cogs.img2img", "cogs.admin", "cogs.history")
 DISCORD_CONNECTIONS = 32
 """HTTP connections kept open to each Discord host (API, CDN). A burst of interactions then reuses
 warm keep-alive connections for its acknowledgements instead of opening (and, in production,
@@ -45,6 +45,16 @@ def point_discord_at(api_base: str, gateway_url: str | None) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
+class Img2ImgTree(app_commands.CommandTree["Img2ImgBot"]):
+    """The command tree: an unexpected error in a command is logged and answered with its id."""
+
+    async def on_error(
+        self, interaction: discord.Interaction[Img2ImgBot], error: app_commands.AppCommandError, /
+    ) -> None:
+        name = interaction.command.qualified_name if interaction.command else "a command"
+        await report_unexpected(interaction, getattr(error, "original", error), f"/{name}")
+
+
 class Img2ImgBot(commands.Bot):
     """The bot. Services are passed in by the composition root (`bot.__main__`)."""
 
@@ -56,33 +66,34 @@ class Img2ImgBot(commands.Bot):
         backend: Backend,
         store: JobStore,
         catalog: Catalog,
+        queue: JobQueue,
+        acks: AckTracker,
+        views: ViewFactory,
         **options: Any,
     ) -> None:
+        self.acks = acks  # before anything is dispatched (see `dispatch`)
+        # The bot has no voice features; discord.py's "voice will NOT be supported" is noise.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         options.setdefault("intents", discord.Intents(guilds=True))
-        self.acks = AckTracker()
-        options.setdefault("http_trace", self.acks.trace())
+        options.setdefault("http_trace", acks.trace())
         # Needs the running event loop: construct the bot inside it (as discord.py 2 expects).
         options.setdefault(
             "connector", aiohttp.TCPConnector(limit=0, limit_per_host=DISCORD_CONNECTIONS)
         )
-        super().__init__(command_prefix=commands.when_mentioned, help_command=None, **options)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            tree_cls=Img2ImgTree,
+            **options,
+        )
         self.settings = settings
         self.inference_settings = inference_settings
         self.backend = backend
         self.store = store
         self.catalog = catalog
-        self.queue: JobQueue = FairQueue(
-            backend,
-            store,
-            QueueLimits(
-                max_pending_per_user=settings.max_pending_per_user,
-                max_pending_total=settings.max_pending_total,
-                daily_quota_user=settings.daily_quota_user,
-                daily_quota_guild=settings.daily_quota_guild,
-            ),
-        )
+        self.queue = queue
+        self.views = views
         self.attachment_loads = asyncio.Semaphore(IMAGE_LOADS_AT_ONCE)
-        self._views: ViewFactory | None = None
         self.resumed_jobs = 0
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
@@ -92,23 +103,17 @@ class Img2ImgBot(commands.Bot):
         super().dispatch(event_name, *args, **kwargs)
 
     async def setup_hook(self) -> None:
-        self.tree.on_error = self._on_command_error  # type: ignore[method-assign]
         await self.store.open()
         purged = await self.store.purge_older_than(
             time.time() - self.settings.retention_days * 86_400
         )
         if purged:
             log.info("purged %d job records past the retention period", purged)
+        self.add_dynamic_items(*self.views.item_types())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
         await self._resume_unfinished()
-
-    async def _on_command_error(
-        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
-    ) -> None:
-        name = interaction.command.qualified_name if interaction.command else "a command"
-        await report_unexpected(interaction, getattr(error, "original", error), f"/{name}")
 
     async def _sync_commands(self) -> None:
         if self.settings.dev_guild_id:
@@ -136,21 +141,12 @@ class Img2ImgBot(commands.Bot):
         reporter = self.reporter(record.id, channel, user, interaction=None)
         self.queue.resume(record, reporter)
 
-    def use_views(self, views: ViewFactory) -> None:
-        """Called by the views cog: how result and cancel buttons are built."""
-        self._views = views
-
-    def views(self) -> ViewFactory:
-        if self._views is None:
-            raise RuntimeError("cogs.views is not loaded")
-        return self._views
-
     def reporter(
         self,
         job_id: str,
         channel: discord.abc.Messageable,
         user: discord.abc.User,
-        interaction: discord.Interaction[Any] | None,
+        interaction: discord.Interaction[Img2ImgBot] | None,
         note: str | None = None,
     ) -> JobReporter:
         return JobReporter(
@@ -159,7 +155,7 @@ class Img2ImgBot(commands.Bot):
             channel=channel,
             requester=user,
             interaction=interaction,
-            views=self.views(),
+            views=self.views,
             interval=self.settings.progress_interval,
         )
 

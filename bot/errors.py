@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING
 
 import discord
+
+from bot.messages import unexpected_error
+
+if TYPE_CHECKING:
+    from bot.client import Img2ImgBot
 
 __all__ = ["report_unexpected"]
 
@@ -14,15 +19,12 @@ log = logging.getLogger("bot.errors")
 
 
 async def report_unexpected(
-    interaction: discord.Interaction[Any], error: BaseException, where: str
+    interaction: discord.Interaction[Img2ImgBot], error: BaseException, where: str
 ) -> None:
     """Log `error` with a fresh error id and tell the user that id (never a stack trace)."""
     error_id = secrets.token_hex(4)
     log.error("error %s in %s", error_id, where, exc_info=error)
-    text = (
-        f"Something went wrong on our side (error `{error_id}`). Please try again, or tell the "
-        "server admins that id."
-    )
+    text = unexpected_error(error_id)
     try:
         if interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True)

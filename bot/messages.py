@@ -1,7 +1,8 @@
 """Every sentence the bot says to users, in one place.
 
 `inference` raises typed errors with messages meant for users; this module adds the Discord-side
-wording: queue refusals, validation errors, progress and result captions.
+wording: refusals of a submission, buttons and commands, queue refusals, validation errors,
+progress and result captions, history and server settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 from pydantic import ValidationError
 
 from bot.jobs import QueueRefused, UnexpectedFailure
+from bot.store import JobRecord
 from inference import (
     BackendTimeout,
     BackendUnavailable,
@@ -20,14 +22,157 @@ from inference import (
 )
 
 __all__ = [
+    "ALREADY_FINISHED",
+    "ATTACHMENT_UNREADABLE",
+    "CANCELLING",
+    "GIVE_ONE_IMAGE",
+    "HISTORY_TITLE",
+    "INPUT_GONE",
+    "MESSAGE_HAS_NO_IMAGE",
+    "NEEDS_MANAGE_SERVER",
+    "NO_HISTORY",
+    "NO_IMAGE",
+    "ONLY_OWN_RECORDS",
+    "RECORD_GONE",
+    "SAFETY_STAYS_ON",
+    "SERVERS_ONLY",
     "describe_error",
     "describe_refusal",
     "describe_validation_error",
+    "history_footer",
+    "history_line",
+    "image_description",
+    "image_not_on_message",
+    "image_too_large",
+    "not_a_pair",
+    "not_an_image",
+    "only_requester",
+    "policy_summary",
     "progress_text",
     "queued_text",
+    "records_deleted",
+    "result_author",
+    "result_footer",
+    "unexpected_error",
+    "unknown_option",
 ]
 
 BAR_WIDTH = 20
+STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "done": "✅", "failed": "⚠️", "cancelled": "✖️"}
+
+# -- submitting a job ------------------------------------------------------------------------------
+
+SAFETY_STAYS_ON = "The safety checker stays on here (only age-restricted channels may turn it off)."
+NO_IMAGE = "Attach an image or give `image_url`."
+ATTACHMENT_UNREADABLE = "The attachment could not be downloaded; try again."
+GIVE_ONE_IMAGE = (
+    "Give exactly one input image: attach it as `image`, or paste a link as `image_url`."
+)
+MESSAGE_HAS_NO_IMAGE = (
+    "That message has no image. Use **Img2Img** on a message with an attached or "
+    "embedded image, or run `/img2img` with an image."
+)
+
+
+def not_an_image(filename: str, kind: str) -> str:
+    return (
+        f"`{filename}` is not an image ({kind}). Attach a PNG, JPEG, WEBP, GIF, BMP or TIFF image."
+    )
+
+
+def image_too_large(filename: str, size: int, limit: int) -> str:
+    return (
+        f"`{filename}` is {size / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB. "
+        "Attach a smaller image."
+    )
+
+
+def not_a_pair(token: str) -> str:
+    return f"`{token}` is not a `name=value` pair."
+
+
+def unknown_option(name: str, allowed: str) -> str:
+    return f"Unknown option `{name}`. Options: {allowed}."
+
+
+# -- buttons ---------------------------------------------------------------------------------------
+
+RECORD_GONE = "That job's record is gone (deleted, or past the retention period)."
+INPUT_GONE = "The input image of that job is no longer stored."
+CANCELLING = "Cancelling…"
+ALREADY_FINISHED = "That job has already finished."
+
+
+def only_requester(action: str) -> str:
+    return f"Only the person who asked for this (or a moderator) can {action}."
+
+
+def image_not_on_message(number: int) -> str:
+    return f"Image {number} is not on that message any more."
+
+
+# -- server settings and history -------------------------------------------------------------------
+
+SERVERS_ONLY = "This works in servers only."
+NEEDS_MANAGE_SERVER = "You need the Manage Server permission to change these settings."
+ONLY_OWN_RECORDS = "You can only delete your own records."
+NO_HISTORY = "You have no img2img jobs on record."
+HISTORY_TITLE = "Your recent jobs"
+
+
+def policy_summary(hidden_with: str | None, allow_safety_off: bool) -> str:
+    off = "allowed" if allow_safety_off else "not allowed"
+    return (
+        f"**Flagged images are hidden with:** {hidden_with}\n"
+        f"**Turning the safety checker off in age-restricted channels:** {off}\n"
+        "Outside age-restricted channels and in DMs the safety checker is always on."
+    )
+
+
+def records_deleted(count: int) -> str:
+    return f"Deleted {count} record(s). Jobs still running are kept until they end."
+
+
+def history_line(record: JobRecord) -> str:
+    """`✅ <t:…:R> `id` prompt · seeds 1, 2`: one job in `/img2img-history`."""
+    icon = STATUS_ICONS.get(record.status, "")
+    prompt = record.request.prompt
+    prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+    seeds = f" · seeds {', '.join(map(str, record.seeds))}" if record.seeds else ""
+    return f"{icon} <t:{int(record.created_at)}:R> `{record.id}` {prompt}{seeds}"
+
+
+def history_footer(retention_days: int) -> str:
+    return (
+        f"Records are kept {retention_days} days. Input images are kept "
+        "with them so Reroll and Remix keep working."
+    )
+
+
+# -- results and failures --------------------------------------------------------------------------
+
+
+def result_author(requester: str) -> str:
+    return f"img2img for {requester}"
+
+
+def result_footer(job_id: str, seconds: float, flagged: int) -> str:
+    footer = f"job {job_id} · {seconds:.1f} s"
+    if flagged:
+        footer += f" · {flagged} image(s) flagged as sensitive"
+    return footer
+
+
+def image_description(seed: int) -> str:
+    """An image file's description (alt text): its seed."""
+    return f"seed {seed}"
+
+
+def unexpected_error(error_id: str) -> str:
+    return (
+        f"Something went wrong on our side (error `{error_id}`). Please try again, or tell the "
+        "server admins that id."
+    )
 
 
 def describe_validation_error(error: ValidationError) -> str:

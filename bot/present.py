@@ -12,13 +12,24 @@ import contextlib
 import io
 import logging
 import time
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
-from bot.messages import describe_error, progress_text, queued_text
+from bot.messages import (
+    describe_error,
+    image_description,
+    progress_text,
+    queued_text,
+    result_author,
+    result_footer,
+)
 from inference import Cancelled, GeneratedImage, Img2ImgResult, InferenceError, ProgressEvent
 from inference.images import decode_image, encode_image, read_parameters
+
+if TYPE_CHECKING:
+    from bot.client import Img2ImgBot
 
 __all__ = ["TOKEN_LIFETIME", "JobReporter", "ViewFactory", "result_embed", "result_files"]
 
@@ -33,6 +44,10 @@ class ViewFactory(Protocol):
     def result(self, job_id: str, images: int) -> discord.ui.View: ...
 
     def cancel(self, job_id: str) -> discord.ui.View: ...
+
+    def item_types(self) -> Sequence[type[discord.ui.DynamicItem[Any]]]:
+        """The buttons' types: the client registers them so that they work after a restart."""
+        ...
 
 
 def _fit_upload(image: GeneratedImage, limit: int) -> tuple[bytes, str]:
@@ -61,7 +76,7 @@ async def result_files(
                 io.BytesIO(data),
                 filename=f"img2img-{job_id}-{index + 1}.{suffix}",
                 spoiler=image.nsfw,
-                description=f"seed {image.seed}",
+                description=image_description(image.seed),
             )
         )
     return files
@@ -71,7 +86,7 @@ def result_embed(result: Img2ImgResult, requester: str) -> discord.Embed:
     """The effective parameters and seeds, so a result can be reproduced."""
     meta = result.meta
     embed = discord.Embed(description=_clip(str(meta.get("prompt", "")), 1000), color=0x5865F2)
-    embed.set_author(name=f"img2img for {requester}")
+    embed.set_author(name=result_author(requester))
     if meta.get("negative_prompt"):
         embed.add_field(
             name="Negative", value=_clip(str(meta["negative_prompt"]), 300), inline=False
@@ -92,10 +107,7 @@ def result_embed(result: Img2ImgResult, requester: str) -> discord.Embed:
         if value not in (None, ""):
             embed.add_field(name=name, value=_clip(str(value), 200))
     flagged = sum(result.nsfw_content_detected)
-    footer = f"job {result.id} · {result.generationTime:.1f} s"
-    if flagged:
-        footer += f" · {flagged} image(s) flagged as sensitive"
-    embed.set_footer(text=footer)
+    embed.set_footer(text=result_footer(result.id, result.generationTime, flagged))
     return embed
 
 
@@ -112,7 +124,7 @@ class JobReporter:
         job_id: str,
         channel: discord.abc.Messageable,
         requester: discord.abc.User,
-        interaction: discord.Interaction[Any] | None,
+        interaction: discord.Interaction[Img2ImgBot] | None,
         views: ViewFactory,
         interval: float = 1.5,
         started_at: float | None = None,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import messages
 from bot.store import GuildPolicy
 
 if TYPE_CHECKING:
@@ -43,17 +44,15 @@ class AdminCog(commands.Cog):
     )
     async def settings(
         self,
-        interaction: discord.Interaction[Any],
+        interaction: discord.Interaction[Img2ImgBot],
         default_safety_checker_type: str | None = None,
         allow_safety_off_in_nsfw: bool | None = None,
     ) -> None:
         if interaction.guild_id is None:
-            await interaction.response.send_message("This works in servers only.", ephemeral=True)
+            await interaction.response.send_message(messages.SERVERS_ONLY, ephemeral=True)
             return
         if not interaction.permissions.manage_guild:
-            await interaction.response.send_message(
-                "You need the Manage Server permission to change these settings.", ephemeral=True
-            )
+            await interaction.response.send_message(messages.NEEDS_MANAGE_SERVER, ephemeral=True)
             return
         store = self.bot.store
         policy = await store.guild_policy(interaction.guild_id)
@@ -67,14 +66,10 @@ class AdminCog(commands.Cog):
             )
             await store.set_guild_policy(interaction.guild_id, policy)
         kind = TYPE_LABELS.get(policy.default_safety_checker_type or "sensitive_content_text")
-        off = "allowed" if policy.allow_safety_off_in_nsfw else "not allowed"
         await interaction.response.send_message(
-            f"**Flagged images are hidden with:** {kind}\n"
-            f"**Turning the safety checker off in age-restricted channels:** {off}\n"
-            "Outside age-restricted channels and in DMs the safety checker is always on.",
-            ephemeral=True,
+            messages.policy_summary(kind, policy.allow_safety_off_in_nsfw), ephemeral=True
         )
 
 
-async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(AdminCog(bot))  # type: ignore[arg-type]
+async def setup(bot: Img2ImgBot) -> None:
+    await bot.add_cog(AdminCog(bot))

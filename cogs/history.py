@@ -9,12 +9,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import messages
+
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
 
 __all__ = ["ForgetButton", "HistoryCog", "setup"]
-
-STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "done": "✅", "failed": "⚠️", "cancelled": "✖️"}
 
 
 class ForgetButton(
@@ -39,18 +39,17 @@ class ForgetButton(
         return cls(int(match["user"]))
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        if interaction.user.id != self.user_id:
-            await interaction.response.send_message(
-                "You can only delete your own records.", ephemeral=True
-            )
-            return
-        bot: Img2ImgBot = interaction.client
-        removed = await bot.store.delete_finished_for_user(self.user_id)
-        await interaction.response.edit_message(
-            content=f"Deleted {removed} record(s). Jobs still running are kept until they end.",
-            embed=None,
-            view=None,
-        )
+        await _forget(interaction, self.user_id)  # discord.py declares callbacks for any client
+
+
+async def _forget(interaction: discord.Interaction[Img2ImgBot], user_id: int) -> None:
+    if interaction.user.id != user_id:
+        await interaction.response.send_message(messages.ONLY_OWN_RECORDS, ephemeral=True)
+        return
+    removed = await interaction.client.store.delete_finished_for_user(user_id)
+    await interaction.response.edit_message(
+        content=messages.records_deleted(removed), embed=None, view=None
+    )
 
 
 class HistoryCog(commands.Cog):
@@ -58,30 +57,19 @@ class HistoryCog(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="img2img-history", description="Your recent img2img jobs.")
-    async def history(self, interaction: discord.Interaction[Any]) -> None:
+    async def history(self, interaction: discord.Interaction[Img2ImgBot]) -> None:
         records = await self.bot.store.recent_for_user(interaction.user.id, limit=10)
         if not records:
-            await interaction.response.send_message(
-                "You have no img2img jobs on record.", ephemeral=True
-            )
+            await interaction.response.send_message(messages.NO_HISTORY, ephemeral=True)
             return
-        lines = []
-        for record in records:
-            icon = STATUS_ICONS.get(record.status, "")
-            prompt = record.request.prompt
-            prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
-            seeds = f" · seeds {', '.join(map(str, record.seeds))}" if record.seeds else ""
-            lines.append(f"{icon} <t:{int(record.created_at)}:R> `{record.id}` {prompt}{seeds}")
-        embed = discord.Embed(title="Your recent jobs", description="\n".join(lines))
-        embed.set_footer(
-            text=f"Records are kept {self.bot.settings.retention_days} days. Input images are kept "
-            "with them so Reroll and Remix keep working."
-        )
+        lines = [messages.history_line(record) for record in records]
+        embed = discord.Embed(title=messages.HISTORY_TITLE, description="\n".join(lines))
+        embed.set_footer(text=messages.history_footer(self.bot.settings.retention_days))
         view = discord.ui.View(timeout=None)
         view.add_item(ForgetButton(interaction.user.id))
         await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: Img2ImgBot) -> None:
     bot.add_dynamic_items(ForgetButton)
-    await bot.add_cog(HistoryCog(bot))  # type: ignore[arg-type]
+    await bot.add_cog(HistoryCog(bot))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.flow import USER_OPTIONS, ImageSource, submit_job
+from bot import messages
+from bot.submission import USER_OPTIONS, ImageSource, submit_job
 from cogs.views import Img2ImgModal
 from inference.request import MAX_SEED, SCHEDULERS
 
@@ -37,15 +38,10 @@ def find_image(message: discord.Message) -> ImageSource | None:
     return None
 
 
-def _bot(interaction: discord.Interaction[Any]) -> Img2ImgBot:
-    bot: Img2ImgBot = interaction.client
-    return bot
-
-
 async def _complete(
-    interaction: discord.Interaction[Any], current: str, kind: str
+    interaction: discord.Interaction[Img2ImgBot], current: str, kind: str
 ) -> list[app_commands.Choice[str]]:
-    names = _bot(interaction).catalog.suggest(kind, current)
+    names = interaction.client.catalog.suggest(kind, current)
     return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names]
 
 
@@ -97,7 +93,7 @@ class Img2ImgCog(commands.Cog):
     )
     async def img2img(
         self,
-        interaction: discord.Interaction[Any],
+        interaction: discord.Interaction[Img2ImgBot],
         prompt: app_commands.Range[str, 1, 2000],
         image: discord.Attachment | None = None,
         image_url: str | None = None,
@@ -124,45 +120,37 @@ class Img2ImgCog(commands.Cog):
         given = locals()
         body = {name: given[name] for name in USER_OPTIONS if given.get(name) is not None}
         if (image is None) == (image_url is None):
-            await interaction.response.send_message(
-                "Give exactly one input image: attach it as `image`, or paste a link as "
-                "`image_url`.",
-                ephemeral=True,
-            )
+            await interaction.response.send_message(messages.GIVE_ONE_IMAGE, ephemeral=True)
             return
         await submit_job(interaction, body, ImageSource(attachment=image, url=image_url))
 
     @img2img.autocomplete("model_id")
     async def _models(
-        self, interaction: discord.Interaction[Any], current: str
+        self, interaction: discord.Interaction[Img2ImgBot], current: str
     ) -> list[app_commands.Choice[str]]:
         return await _complete(interaction, current, "models")
 
     @img2img.autocomplete("vae")
     async def _vaes(
-        self, interaction: discord.Interaction[Any], current: str
+        self, interaction: discord.Interaction[Img2ImgBot], current: str
     ) -> list[app_commands.Choice[str]]:
         return await _complete(interaction, current, "vaes")
 
     @img2img.autocomplete("lora_model")
     async def _loras(
-        self, interaction: discord.Interaction[Any], current: str
+        self, interaction: discord.Interaction[Img2ImgBot], current: str
     ) -> list[app_commands.Choice[str]]:
         return await _complete(interaction, current, "loras")
 
     async def from_message(
-        self, interaction: discord.Interaction[Any], message: discord.Message
+        self, interaction: discord.Interaction[Img2ImgBot], message: discord.Message
     ) -> None:
         source = find_image(message)
         if source is None:
-            await interaction.response.send_message(
-                "That message has no image. Use **Img2Img** on a message with an attached or "
-                "embedded image, or run `/img2img` with an image.",
-                ephemeral=True,
-            )
+            await interaction.response.send_message(messages.MESSAGE_HAS_NO_IMAGE, ephemeral=True)
             return
         await interaction.response.send_modal(Img2ImgModal(source))
 
 
-async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Img2ImgCog(bot))  # type: ignore[arg-type]
+async def setup(bot: Img2ImgBot) -> None:
+    await bot.add_cog(Img2ImgCog(bot))

@@ -1,51 +1,44 @@
 """Buttons and modals. Buttons are `DynamicItem`s whose custom_id carries the job id, so they keep
-working after a restart; what they need comes from the job store."""
+working after a restart; what they need comes from the job store. `ButtonFactory` is handed to the
+bot by the composition root (`bot.__main__`), which registers the buttons' types."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
-from discord.ext import commands
 
+from bot import messages
 from bot.errors import report_unexpected
 from bot.store import JobRecord
-from cogs.flow import ImageSource, parse_options_line, submit_job
+from bot.submission import ImageSource, parse_options_line, submit_job
 from inference import InvalidRequest
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
 
-__all__ = ["ButtonFactory", "Img2ImgModal", "setup"]
+__all__ = ["ButtonFactory", "Img2ImgModal"]
 
 JOB = r"(?P<job>[0-9a-f]{12})"
 _FIELDS_IN_MODAL = {"prompt", "negative_prompt", "strength"}
 
 
-def _bot(interaction: discord.Interaction[Any]) -> Img2ImgBot:
-    bot: Img2ImgBot = interaction.client
-    return bot
-
-
-async def _record(interaction: discord.Interaction[Any], job_id: str) -> JobRecord | None:
-    record = await _bot(interaction).store.get(job_id)
+async def _record(interaction: discord.Interaction[Img2ImgBot], job_id: str) -> JobRecord | None:
+    record = await interaction.client.store.get(job_id)
     if record is None:
-        await interaction.response.send_message(
-            "That job's record is gone (deleted, or past the retention period).", ephemeral=True
-        )
+        await interaction.response.send_message(messages.RECORD_GONE, ephemeral=True)
     return record
 
 
 async def _may_manage(
-    interaction: discord.Interaction[Any], record: JobRecord, action: str
+    interaction: discord.Interaction[Img2ImgBot], record: JobRecord, action: str
 ) -> bool:
     """The requester and members with Manage Messages may; others are told so."""
     if interaction.user.id == record.owner_id or interaction.permissions.manage_messages:
         return True
-    await interaction.response.send_message(
-        f"Only the person who asked for this (or a moderator) can {action}.", ephemeral=True
-    )
+    await interaction.response.send_message(messages.only_requester(action), ephemeral=True)
     return False
 
 
@@ -63,6 +56,25 @@ def options_line(record: JobRecord) -> str:
     return " ".join(pairs)
 
 
+def _text_input(
+    label: str,
+    default: str,
+    max_length: int,
+    *,
+    paragraph: bool = False,
+    required: bool = False,
+    placeholder: str | None = None,
+) -> discord.ui.TextInput[Img2ImgModal]:
+    return discord.ui.TextInput(
+        label=label,
+        style=discord.TextStyle.paragraph if paragraph else discord.TextStyle.short,
+        required=required,
+        max_length=max_length,
+        default=default or None,
+        placeholder=placeholder,
+    )
+
+
 class Img2ImgModal(discord.ui.Modal):
     """Prompt first, then negative prompt, strength and an options line."""
 
@@ -78,38 +90,29 @@ class Img2ImgModal(discord.ui.Modal):
     ) -> None:
         super().__init__(title=title, timeout=900)
         self.source = source
-        self.prompt: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
-            label="Prompt",
-            style=discord.TextStyle.paragraph,
-            max_length=2000,
-            default=prompt or None,
+        self.prompt = _text_input(
+            "Prompt",
+            prompt,
+            2000,
+            paragraph=True,
+            required=True,
             placeholder="What should the image become?",
         )
-        self.negative: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
-            label="Negative prompt",
-            style=discord.TextStyle.paragraph,
-            required=False,
-            max_length=2000,
-            default=negative_prompt or None,
+        self.negative = _text_input("Negative prompt", negative_prompt, 2000, paragraph=True)
+        self.strength = _text_input(
+            "Strength (0.05–1; higher changes more)", strength, 10, placeholder="0.7"
         )
-        self.strength: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
-            label="Strength (0.05–1; higher changes more)",
-            required=False,
-            max_length=10,
-            default=strength or None,
-            placeholder="0.7",
-        )
-        self.options: discord.ui.TextInput[Img2ImgModal] = discord.ui.TextInput(
-            label="Options (name=value …)",
-            required=False,
-            max_length=1000,
-            default=options or None,
+        self.options = _text_input(
+            "Options (name=value …)",
+            options,
+            1000,
             placeholder="seed=42 steps=31 scheduler=EulerDiscreteScheduler samples=2",
         )
         for item in (self.prompt, self.negative, self.strength, self.options):
             self.add_item(item)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        # discord.py declares this (and buttons' callbacks) for any client: Any here, typed below.
         try:
             body: dict[str, Any] = parse_options_line(self.options.value)
         except InvalidRequest as exc:
@@ -177,37 +180,33 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:n
         except Exception as exc:
             await report_unexpected(interaction, exc, f"{self.action} button of job {self.job_id}")
 
-    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
         raise NotImplementedError
 
 
-async def _needs_input(interaction: discord.Interaction[Any], record: JobRecord) -> bool:
+async def _needs_input(interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> bool:
     if record.init_image:
         return False
-    await interaction.response.send_message(
-        "The input image of that job is no longer stored.", ephemeral=True
-    )
+    await interaction.response.send_message(messages.INPUT_GONE, ephemeral=True)
     return True
 
 
 class CancelButton(JobButton, template=rf"i2i:cancel:{JOB}"):
     action, label = "cancel", "Cancel"
 
-    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
         if not await _may_manage(interaction, record, "cancel this job"):
             return
-        if await _bot(interaction).queue.cancel(self.job_id):
-            await interaction.response.send_message("Cancelling…", ephemeral=True)
+        if await interaction.client.queue.cancel(self.job_id):
+            await interaction.response.send_message(messages.CANCELLING, ephemeral=True)
         else:
-            await interaction.response.send_message(
-                "That job has already finished.", ephemeral=True
-            )
+            await interaction.response.send_message(messages.ALREADY_FINISHED, ephemeral=True)
 
 
 class RerollButton(JobButton, template=rf"i2i:reroll:{JOB}"):
     action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.primary
 
-    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
         if not await _needs_input(interaction, record):
             source = ImageSource(data=record.init_image)
             await submit_job(interaction, _same_options(record, seed=None), source)
@@ -216,7 +215,7 @@ class RerollButton(JobButton, template=rf"i2i:reroll:{JOB}"):
 class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
     action, label, emoji = "remix", "Remix", "✏️"
 
-    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
         if not await _needs_input(interaction, record):
             modal = _remix_modal(record, ImageSource(data=record.init_image), "Remix")
             await interaction.response.send_modal(modal)
@@ -225,12 +224,12 @@ class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
 class UseImageButton(JobButton, template=rf"i2i:use:{JOB}:(?P<n>[1-9])"):
     action, label = "use", "Use"
 
-    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
         number = self.number or 1
         attachments = interaction.message.attachments if interaction.message else []
         if len(attachments) < number:
             await interaction.response.send_message(
-                f"Image {number} is not on that message any more.", ephemeral=True
+                messages.image_not_on_message(number), ephemeral=True
             )
             return
         source = ImageSource(attachment=attachments[number - 1])
@@ -242,7 +241,7 @@ class UseImageButton(JobButton, template=rf"i2i:use:{JOB}:(?P<n>[1-9])"):
 class DeleteButton(JobButton, template=rf"i2i:delete:{JOB}"):
     action, label, emoji, style = "delete", "Delete", "🗑️", discord.ButtonStyle.danger
 
-    async def act(self, interaction: discord.Interaction[Any], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
         if not await _may_manage(interaction, record, "delete these images"):
             return
         await interaction.response.defer()
@@ -272,7 +271,5 @@ class ButtonFactory:
         view.add_item(CancelButton(job_id))
         return view
 
-
-async def setup(bot: commands.Bot) -> None:
-    bot.add_dynamic_items(CancelButton, RerollButton, RemixButton, UseImageButton, DeleteButton)
-    bot.use_views(ButtonFactory())  # type: ignore[attr-defined]
+    def item_types(self) -> Sequence[type[discord.ui.DynamicItem[Any]]]:
+        return (CancelButton, RerollButton, RemixButton, UseImageButton, DeleteButton)

@@ -8,7 +8,7 @@ hidden from error messages so the secret `key` can never appear in one.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -22,45 +22,25 @@ from pydantic import (
 )
 
 from inference.errors import InvalidRequest
+from inference.images.urls import check_url_syntax
 from inference.settings import private_urls_allowed
-from inference.urls import check_url_syntax
 
 __all__ = [
+    "KARRAS_SCHEDULERS",
     "MAX_LORAS",
     "MAX_PROMPT_CHARS",
+    "MAX_SEED",
     "MAX_SIDE",
     "MIN_SIDE",
     "SAFETY_CHECKER_TYPES",
     "SCHEDULERS",
     "STEP_CHOICES",
     "Img2ImgRequest",
+    "SafetyCheckerType",
+    "SchedulerName",
     "YesNo",
     "derive_size",
 ]
-
-SCHEDULERS: tuple[str, ...] = (
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "LMSDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "UniPCMultistepScheduler",
-    "DEISMultistepScheduler",
-    "LCMScheduler",
-    "IPNDMScheduler",
-)
-SAFETY_CHECKER_TYPES: tuple[str, ...] = ("blur", "sensitive_content_text", "pixelate", "black")
-STEP_CHOICES: tuple[int, ...] = (21, 31, 41)
-MIN_SIDE, MAX_SIDE = 64, 1024
-MAX_PROMPT_CHARS = 2000
-MAX_LORAS = 5
-MAX_SEED = 2**32 - 1
 
 SchedulerName = Literal[
     "EulerDiscreteScheduler",
@@ -80,6 +60,26 @@ SchedulerName = Literal[
     "IPNDMScheduler",
 ]
 SafetyCheckerType = Literal["blur", "sensitive_content_text", "pixelate", "black"]
+
+SCHEDULERS: tuple[SchedulerName, ...] = get_args(SchedulerName)
+# The schedulers that ignore `use_karras_sigmas` (results say whether Karras sigmas applied).
+_WITHOUT_KARRAS: frozenset[SchedulerName] = frozenset(
+    {
+        "EulerAncestralDiscreteScheduler",
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "PNDMScheduler",
+        "LCMScheduler",
+        "IPNDMScheduler",
+    }
+)
+KARRAS_SCHEDULERS: frozenset[SchedulerName] = frozenset(SCHEDULERS) - _WITHOUT_KARRAS
+SAFETY_CHECKER_TYPES: tuple[SafetyCheckerType, ...] = get_args(SafetyCheckerType)
+STEP_CHOICES: tuple[int, ...] = (21, 31, 41)
+MIN_SIDE, MAX_SIDE = 64, 1024
+MAX_PROMPT_CHARS = 2000
+MAX_LORAS = 5
+MAX_SEED = 2**32 - 1
 
 _YES = {"yes", "y", "true", "1", "on"}
 _NO = {"no", "n", "false", "0", "off"}

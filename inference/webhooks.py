@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from inference.errors import InvalidRequest
+from inference.images.urls import pin, resolve_public_host
 from inference.result import Img2ImgResult
-from inference.urls import pin, resolve_public_host
 
 __all__ = ["WebhookSender"]
 

@@ -10,10 +10,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 "$VPY" -m pip install --quiet --upgrade pip
-# CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+# CPU torch first: the default index serves the multi-GB CUDA build on Linux. The CPU index is asked
+# first with a short timeout and no retries, so where it is unreachable this costs seconds and the
+# default index (or a local wheel mirror) is used instead.
 if ! "$VPY" -c "import torch" 2>/dev/null; then
-  "$VPY" -m pip install --quiet "torch==2.13.0" \
-    || "$VPY" -m pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+  "$VPY" -m pip install --quiet --timeout 10 --retries 0 \
+      --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+    || "$VPY" -m pip install --quiet "torch==2.13.0"
 fi
 "$VPY" -m pip install --quiet -e '.[local,test]'
 

@@ -12,10 +12,9 @@ from fakediscord import FakeDiscord, running_client
 from fakediscord.records import StoredMessage
 from PIL import Image
 
-from bot.catalog import load_catalog
+from bot.__main__ import build_bot
 from bot.client import Img2ImgBot
 from bot.config import BotSettings
-from bot.store import JobStore
 from inference import Backend, InferenceSettings
 
 BOT_TOKEN = "MTIz.fake-bot-TOKEN-never-shown"
@@ -46,13 +45,7 @@ async def running_bot(
     """The bot, logged in to `fake`, commands synced; closed (and its backend) on exit."""
     settings = bot_settings(fake, database, **overrides)
     inference_settings = InferenceSettings(allow_private_urls=True, models_file=models_file)
-    bot = Img2ImgBot(
-        settings=settings,
-        inference_settings=inference_settings,
-        backend=backend,
-        store=JobStore(database),
-        catalog=load_catalog(models_file),
-    )
+    bot = build_bot(settings, inference_settings, backend)
     mark = fake.mark()
     async with running_client(bot, fake, token=BOT_TOKEN) as running:
         await fake.wait_commands_synced(after=mark)

@@ -40,10 +40,10 @@ from inference.images import (
     read_parameters,
     sniff_format,
 )
+from inference.images.urls import PinnedTarget, pin
 from inference.request import Img2ImgRequest
 from inference.result import effective_meta
 from inference.settings import InferenceSettings
-from inference.urls import PinnedTarget, pin
 
 PUBLIC_IP = "93.184.215.14"  # a globally routable literal: no DNS lookup, never contacted
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from tiny_models import SD15_SCHEDULER_CONFIG
 
-from inference.local.batcher import KARRAS_SCHEDULERS, karras_applies
+from inference.local.batcher import karras_applies
 from inference.local.schedulers import SDIPNDMScheduler, make_scheduler
-from inference.request import SCHEDULERS
+from inference.request import KARRAS_SCHEDULERS, SCHEDULERS
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 vs diffusers

@@ -37,6 +37,7 @@ from inference.port import CancelToken, Job, ProgressCallback, ProgressEvent
 from inference.postprocess import finish_images
 from inference.request import MAX_SEED, Img2ImgRequest
 from inference.result import Img2ImgResult, effective_meta
+from inference.running import report_progress, wait_or_cancel
 from inference.safety import NsfwDetector
 from inference.settings import InferenceSettings
 from inference.webhooks import WebhookSender
@@ -171,10 +172,10 @@ class LocalBackend:
             on_progress=_progress_hook(loop, job.id, progress),
             on_done=_done_hook(loop, future),
         )
-        _emit(progress, ProgressEvent(job_id=job.id, stage="queued"))
+        report_progress(progress, ProgressEvent(job_id=job.id, stage="queued"))
         outcome = await self._run(item, future, cancel)
 
-        _emit(progress, ProgressEvent(job_id=job.id, stage="postprocessing"))
+        report_progress(progress, ProgressEvent(job_id=job.id, stage="postprocessing"))
         width, height = image.size
         meta = effective_meta(
             request,
@@ -218,12 +219,7 @@ class LocalBackend:
                 self._batcher.put(item)
             except RuntimeError:  # closed since generate() began
                 raise BackendUnavailable("The local backend is shut down.") from None
-            waiter = asyncio.ensure_future(cancel.wait())
-            either: set[asyncio.Future[Any]] = {future, waiter}
-            try:
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+            await wait_or_cancel(future, cancel)
             if not future.done() and self._batcher.remove(item):
                 raise Cancelled("The job was cancelled.")
             # running: the worker stops it at the next step (or it finished meanwhile)
@@ -263,13 +259,6 @@ def _prepare_image(data: bytes, request: Img2ImgRequest) -> Image.Image:
     return fit_to_size(image, width, height)
 
 
-def _emit(progress: ProgressCallback, event: ProgressEvent) -> None:
-    try:
-        progress(event)
-    except Exception:
-        log.exception("progress callback failed")
-
-
 def _progress_hook(
     loop: asyncio.AbstractEventLoop, job_id: str, progress: ProgressCallback
 ) -> ProgressHook:
@@ -288,7 +277,7 @@ def _progress_hook(
             job_id=job_id, stage=stage, step=step, total_steps=total, eta_seconds=eta
         )
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
-            loop.call_soon_threadsafe(_emit, progress, event)
+            loop.call_soon_threadsafe(report_progress, progress, event)
 
     return hook
 

@@ -21,10 +21,9 @@ from typing import Any, Literal
 
 from inference.local.registry import Selection
 from inference.port import CancelToken
-from inference.request import Img2ImgRequest
+from inference.request import KARRAS_SCHEDULERS, Img2ImgRequest
 
 __all__ = [
-    "KARRAS_SCHEDULERS",
     "BatchKey",
     "Batcher",
     "Outcome",
@@ -32,21 +31,6 @@ __all__ = [
     "batch_key",
     "karras_applies",
 ]
-
-# The schedulers whose diffusers class takes `use_karras_sigmas`; the others ignore the option.
-KARRAS_SCHEDULERS: frozenset[str] = frozenset(
-    {
-        "EulerDiscreteScheduler",
-        "LMSDiscreteScheduler",
-        "HeunDiscreteScheduler",
-        "KDPM2DiscreteScheduler",
-        "KDPM2AncestralDiscreteScheduler",
-        "DPMSolverMultistepScheduler",
-        "DPMSolverSinglestepScheduler",
-        "UniPCMultistepScheduler",
-        "DEISMultistepScheduler",
-    }
-)
 
 
 def karras_applies(scheduler: str, requested: bool) -> bool:

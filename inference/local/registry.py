@@ -1,10 +1,10 @@
-"""The models file (CONTRACT section 7): which models, VAEs and LoRAs the local backend serves.
+"""The models file's entries (CONTRACT section 7), checked: what the local backend serves.
 
 Each entry has a `source`: a hub id, a local diffusers folder, or a single `.safetensors` file.
 Relative paths are resolved against the models file's folder (then the working directory). A single
 file needs a local diffusers folder with the model's configs (`config = "path"`) to load offline.
 The architecture ("sd" for SD 1.x/2.x, "sdxl" for SDXL and Pony) is read from the files or given as
-`arch`. Pure Python: importing or using this module never imports torch.
+`arch`. `inference.models_file` reads the file. Pure Python: this module never imports torch.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import re
 import struct
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from inference.errors import BackendUnavailable, InvalidRequest
+from inference.errors import InvalidRequest
+from inference.models_file import ModelsFile, ModelsFileError, read_models_file
 from inference.request import Img2ImgRequest
 
 __all__ = [
@@ -39,17 +39,12 @@ SourceKind = Literal["hub", "folder", "file"]
 
 _ARCHES: tuple[str, ...] = ("sd", "sdxl")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_SECTIONS = ("models", "vaes", "loras")
 _KEYS = {
     "models": {"source", "arch", "config"},
     "vaes": {"source", "config", "subfolder"},
     "loras": {"source", "arch", "weight_name"},
 }
 _MAX_HEADER = 100 * 1024 * 1024
-
-
-class ModelsFileError(BackendUnavailable):
-    """The models file is missing or wrong; the message names the file and the entry."""
 
 
 @dataclass(frozen=True)
@@ -122,33 +117,16 @@ class ModelRegistry:
     @classmethod
     def load(cls, path: str | Path) -> ModelRegistry:
         """Read a models file; raise `ModelsFileError` saying what to fix."""
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelsFileError(
-                f"The models file {str(path)!r} does not exist: create it or set IMG2IMG_MODELS."
-            ) from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ModelsFileError(f"The models file {str(path)!r} cannot be read: {exc}") from None
-        return cls.from_dict(data, base_dir=path.resolve().parent, origin=str(path))
+        return cls.from_file(read_models_file(path))
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, base_dir: Path, origin: str = "models file"
-    ) -> ModelRegistry:
-        unknown = set(data) - {"default_model", *_SECTIONS}
-        if unknown:
-            raise ModelsFileError(f"{origin}: unknown top-level key(s) {sorted(unknown)}")
-        tables = {section: _table(data, section, origin) for section in _SECTIONS}
-        parse = _EntryParser(base_dir, origin)
-        models = {n: parse.model(n, t) for n, t in tables["models"].items()}
-        vaes = {n: parse.vae(n, t) for n, t in tables["vaes"].items()}
-        loras = {n: parse.lora(n, t) for n, t in tables["loras"].items()}
-        default = data.get("default_model")
-        if default is not None and not isinstance(default, str):
-            raise ModelsFileError(f"{origin}: default_model must be a model name")
-        return cls(models, default_model=default, vaes=vaes, loras=loras)
+    def from_file(cls, file: ModelsFile) -> ModelRegistry:
+        """Check every entry of a read models file."""
+        parse = _EntryParser(file.base_dir, file.origin)
+        models = {n: parse.model(n, t) for n, t in file.models.items()}
+        vaes = {n: parse.vae(n, t) for n, t in file.vaes.items()}
+        loras = {n: parse.lora(n, t) for n, t in file.loras.items()}
+        return cls(models, default_model=file.default_model, vaes=vaes, loras=loras)
 
     # -- lookups for requests --------------------------------------------------------------------
 
@@ -192,13 +170,6 @@ class ModelRegistry:
                 )
             loras.append((lora, strength))
         return Selection(model=model, vae=vae, loras=tuple(loras))
-
-
-def _table(data: Mapping[str, Any], section: str, origin: str) -> dict[str, dict[str, Any]]:
-    table = data.get(section, {})
-    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
-        raise ModelsFileError(f"{origin}: [{section}] must hold [{section}.NAME] tables")
-    return cast(dict[str, dict[str, Any]], table)
 
 
 class _EntryParser:

@@ -5,7 +5,8 @@ and some rewrite their config (DPMSolverSinglestep with an odd step count).
 
 `use_karras_sigmas` is honoured where diffusers supports it (Euler, LMS, Heun, KDPM2,
 KDPM2-Ancestral, DPM++ multistep/singlestep, UniPC, DEIS) and ignored elsewhere (EulerAncestral,
-DDIM, DDPM, PNDM, LCM, IPNDM): see `batcher.KARRAS_SCHEDULERS`; results report the effective value.
+DDIM, DDPM, PNDM, LCM, IPNDM): see `inference.request.KARRAS_SCHEDULERS`; results report the
+effective value.
 
 diffusers' IPNDMScheduler cannot run img2img (no `add_noise`) and is written for v-prediction
 models with continuous time in [0, 1]. `SDIPNDMScheduler` keeps its method (iPNDM: a 4th-order
@@ -30,8 +31,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerOutput
 
-from inference.local.batcher import KARRAS_SCHEDULERS
-from inference.request import SCHEDULERS
+from inference.request import KARRAS_SCHEDULERS, SCHEDULERS
 
 __all__ = ["SDIPNDMScheduler", "make_scheduler"]
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from PIL import Image
 from pydantic import SecretStr
 
 from inference import images, safety
-from inference.errors import BackendError, BackendTimeout, Cancelled, InvalidImage
+from inference.errors import BackendError, BackendTimeout, InvalidImage
 from inference.modelslab.client import ApiClient, RetryPolicy, new_http_client
 from inference.modelslab.endpoints import ApiPaths, EndpointPool, split_list
 from inference.modelslab.payload import (
@@ -28,38 +28,22 @@ from inference.modelslab.payload import (
     unwrap_image_bytes,
     upload_bytes,
 )
-from inference.modelslab.polling import PollPolicy, poll_until_done, report
+from inference.modelslab.polling import PollPolicy, poll_until_done
 from inference.modelslab.responses import ApiResponse, error_for
 from inference.port import CancelToken, Job, ProgressCallback, ProgressEvent
 from inference.postprocess import finish_images
 from inference.request import MAX_SEED, Img2ImgRequest
 from inference.result import Img2ImgResult, effective_meta
+from inference.running import report_progress, run_cancellable
 from inference.settings import InferenceSettings
 from inference.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from inference.modelslab.webhook import WebhookReceiver
 
-__all__ = ["ModelsLabBackend", "run_cancellable", "seeds_from"]
+__all__ = ["ModelsLabBackend", "seeds_from"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-async def run_cancellable(work: Coroutine[Any, Any, T], cancel: CancelToken) -> T:
-    """Run `work` until it ends or `cancel` fires (then it is stopped and `Cancelled` raised)."""
-    task = asyncio.ensure_future(work)
-    stop = asyncio.ensure_future(cancel.wait())
-    try:
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise Cancelled("The job was cancelled.")
-    return task.result()
 
 
 def _as_int(value: Any) -> int | None:
@@ -189,7 +173,7 @@ class ModelsLabBackend:
         try:
             async with timeout:
                 final = await self._submit_and_wait(job, progress, deadline)
-                report(progress, ProgressEvent(job_id=job.id, stage="postprocessing"))
+                report_progress(progress, ProgressEvent(job_id=job.id, stage="postprocessing"))
                 return await self._finish(job, final, started, deadline)
         except TimeoutError:
             if not timeout.expired():
@@ -203,7 +187,7 @@ class ModelsLabBackend:
     async def _slot(self, job_id: str, progress: ProgressCallback) -> AsyncIterator[None]:
         if self._slots.locked():
             message = "Waiting for a free ModelsLab slot"
-            report(progress, ProgressEvent(job_id=job_id, stage="queued", message=message))
+            report_progress(progress, ProgressEvent(job_id=job_id, stage="queued", message=message))
         async with self._slots:
             yield
 

@@ -16,6 +16,7 @@ from inference.modelslab.client import ApiClient
 from inference.modelslab.endpoints import ApiPaths, Endpoint
 from inference.modelslab.responses import ApiResponse
 from inference.port import ProgressCallback, ProgressEvent
+from inference.running import report_progress
 
 __all__ = ["PollPolicy", "poll_until_done"]
 
@@ -43,14 +44,6 @@ class PollPolicy:
         if eta:
             return self._clamp(eta)
         return self._clamp(self.first_backoff if first_poll else previous * self.factor)
-
-
-def report(progress: ProgressCallback, event: ProgressEvent) -> None:
-    """Call the progress callback; a failing callback must not fail the job."""
-    try:
-        progress(event)
-    except Exception:
-        log.exception("progress callback failed for job %s", event.job_id)
 
 
 async def _sleep_or_delivery(
@@ -87,7 +80,7 @@ async def poll_until_done(
             raise BackendError(f"ModelsLab answered with an unknown status {answer.status!r}.")
         if api_id is None and fetch_result is None:
             raise BackendError("ModelsLab accepted the job but gave no id to fetch it by.")
-        report(
+        report_progress(
             progress,
             ProgressEvent(
                 job_id=job_id,

@@ -1,4 +1,4 @@
-"""The one path every entry point takes: interaction + options + image → a queued job.
+"""Submitting a job, the one path every entry point takes: interaction + options + image → queued.
 
 Order matters for Discord's 3-second deadline: the options are validated first (microseconds;
 a refusal is the ephemeral first response), then the interaction is deferred, and only then,
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 from pydantic import ValidationError
 
+from bot import messages
 from bot.jobs import QueueRefused
-from bot.messages import describe_refusal, describe_validation_error
 from bot.store import JobRecord
 from inference import Img2ImgRequest, InvalidImage, InvalidRequest
 from inference.images import decode_image, fetch_image
@@ -83,15 +83,15 @@ def parse_options_line(text: str) -> dict[str, str]:
         name, sep, value = token.partition("=")
         name = _ALIASES.get(name.strip().lower(), name.strip().lower())
         if not sep or not name:
-            raise InvalidRequest(f"`{token}` is not a `name=value` pair.", field="options")
+            raise InvalidRequest(messages.not_a_pair(token), field="options")
         if name not in USER_OPTIONS or name in ("prompt", "negative_prompt"):
             allowed = ", ".join(o for o in USER_OPTIONS if o not in ("prompt", "negative_prompt"))
-            raise InvalidRequest(f"Unknown option `{name}`. Options: {allowed}.", field="options")
+            raise InvalidRequest(messages.unknown_option(name, allowed), field="options")
         options[name] = value
     return options
 
 
-def _channel_is_age_restricted(interaction: discord.Interaction[Any]) -> bool:
+def _channel_is_age_restricted(interaction: discord.Interaction[Img2ImgBot]) -> bool:
     if interaction.guild_id is None:
         return False  # DMs have no age restriction
     is_nsfw = getattr(interaction.channel, "is_nsfw", None)
@@ -99,7 +99,7 @@ def _channel_is_age_restricted(interaction: discord.Interaction[Any]) -> bool:
 
 
 async def _apply_channel_policy(
-    bot: Img2ImgBot, interaction: discord.Interaction[Any], body: dict[str, Any]
+    bot: Img2ImgBot, interaction: discord.Interaction[Img2ImgBot], body: dict[str, Any]
 ) -> tuple[dict[str, Any], str | None]:
     """The NSFW rule: the safety checker stays on outside age-restricted channels."""
     body = dict(body)
@@ -114,13 +114,13 @@ async def _apply_channel_policy(
         policy is None or policy.allow_safety_off_in_nsfw
     )
     if wants_off and not allowed_off:
-        note = "The safety checker stays on here (only age-restricted channels may turn it off)."
+        note = messages.SAFETY_STAYS_ON
     if not allowed_off:
         body["safety_checker"] = "yes"
     return body, note
 
 
-async def _respond(interaction: discord.Interaction[Any], text: str) -> None:
+async def _respond(interaction: discord.Interaction[Img2ImgBot], text: str) -> None:
     """An ephemeral answer, whether or not the interaction was deferred already."""
     if interaction.response.is_done():
         with contextlib.suppress(discord.HTTPException):
@@ -138,35 +138,31 @@ async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:
         attachment = source.attachment
         kind = attachment.content_type or ""
         if kind and not kind.startswith("image/"):
-            raise InvalidImage(
-                f"`{attachment.filename}` is not an image ({kind}). Attach a PNG, JPEG, WEBP, "
-                "GIF, BMP or TIFF image."
-            )
+            raise InvalidImage(messages.not_an_image(attachment.filename, kind))
         if attachment.size > limit:
             raise InvalidImage(
-                f"`{attachment.filename}` is {attachment.size / 2**20:.1f} MB; the limit is "
-                f"{limit / 2**20:.0f} MB. Attach a smaller image."
+                messages.image_too_large(attachment.filename, attachment.size, limit)
             )
         try:
             data = await attachment.read()
         except discord.HTTPException:
-            raise InvalidImage("The attachment could not be downloaded; try again.") from None
+            raise InvalidImage(messages.ATTACHMENT_UNREADABLE) from None
     elif source.url is not None:
         data = await fetch_image(source.url, settings=bot.inference_settings)
     else:
-        raise InvalidImage("Attach an image or give `image_url`.")
+        raise InvalidImage(messages.NO_IMAGE)
     await asyncio.to_thread(decode_image, data)  # refuse unusable images before queueing
     return data
 
 
 async def submit_job(
-    interaction: discord.Interaction[Any], body: dict[str, Any], source: ImageSource
+    interaction: discord.Interaction[Img2ImgBot], body: dict[str, Any], source: ImageSource
 ) -> str | None:
     """Validate, acknowledge, fetch, queue. Every refusal is an ephemeral message.
 
     Returns the job id when the job was queued.
     """
-    bot: Img2ImgBot = interaction.client
+    bot = interaction.client
     body, note = await _apply_channel_policy(bot, interaction, body)
     if source.public_url and source.data is None:
         body["init_image"] = source.public_url
@@ -174,7 +170,7 @@ async def submit_job(
         context = {"allow_private_urls": bot.inference_settings.allow_private_urls}
         request = Img2ImgRequest.model_validate(body, context=context)
     except ValidationError as exc:
-        await _respond(interaction, describe_validation_error(exc))
+        await _respond(interaction, messages.describe_validation_error(exc))
         return None
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True)
@@ -204,7 +200,7 @@ async def submit_job(
         position = await bot.queue.submit(record, reporter)
     except QueueRefused as refusal:
         await reporter.close()
-        await _respond(interaction, describe_refusal(refusal))
+        await _respond(interaction, messages.describe_refusal(refusal))
         return None
     reporter.position(position)  # the first status edit, with the Cancel button
     return job_id
