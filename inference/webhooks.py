@@ -1,15 +1,18 @@
 """POST a finished result to the request's webhook (backend-neutral).
 
-The body is the result's API-shaped JSON (`result.model_dump(mode="json")`; no image bytes, never
-the key). Webhook URLs come from users, so unless private URLs are allowed every address the host
-resolves to must be public, checked before each attempt; redirects are not followed (a redirect
-could point anywhere). Network errors, timeouts, 429 and 5xx are retried with backoff; other 4xx
-are final. A webhook that fails is logged, never raised: the job itself succeeded.
+The body (`webhook_body`) is the result's API-shaped JSON (`result.model_dump(mode="json")`, never
+the key) with the images in `output`: by default in the API's base64 form (`base64_output`), or in
+whatever form the sender is given (a server that stores the files gives their URLs). Webhook URLs
+come from users, so unless private URLs are allowed every address the host resolves to must be
+public, checked before each attempt; redirects are not followed (a redirect could point anywhere).
+Network errors, timeouts, 429 and 5xx are retried with backoff; other 4xx are final. A webhook that
+fails is logged, never raised: the job itself succeeded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,11 +23,30 @@ from inference.errors import InvalidRequest
 from inference.images.urls import pin, resolve_public_host
 from inference.result import Img2ImgResult
 
-__all__ = ["WebhookSender"]
+__all__ = ["OutputForm", "WebhookSender", "base64_output", "webhook_body"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+OutputForm = Callable[[Img2ImgResult], list[str]]
+"""What a webhook's `output` holds for a result: one string per image, in order."""
+
+
+def base64_output(result: Img2ImgResult) -> list[str]:
+    """Each encoded (censored) image as standard base64 text without a data-URI prefix: what the
+    API's `base64: "yes"` output files (`….base64` links) hold, carried inline since nothing here
+    stores files to link to."""
+    return [base64.b64encode(image.data).decode("ascii") for image in result.images]
+
+
+def webhook_body(result: Img2ImgResult, output: OutputForm = base64_output) -> dict[str, Any]:
+    """The JSON a webhook receives: `status`, `id`, `output` (in the form given), `meta` (never
+    the key), `nsfw_content_detected`, `generationTime`, `track_id`."""
+    body = result.model_dump(mode="json")
+    body["meta"].pop("key", None)
+    body["output"] = output(result)
+    return body
 
 
 class WebhookSender:
@@ -39,8 +61,10 @@ class WebhookSender:
         backoff: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        output: OutputForm = base64_output,
     ) -> None:
         self.allow_private_urls = allow_private_urls
+        self.output = output
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff = backoff
@@ -63,7 +87,7 @@ class WebhookSender:
 
     async def send(self, url: str, result: Img2ImgResult) -> bool:
         """POST `result` to `url`; True once a 2xx answer came back."""
-        payload = result.model_dump(mode="json")
+        payload = webhook_body(result, self.output)
         target = httpx.URL(url)
         async with httpx.AsyncClient(
             timeout=self.timeout, follow_redirects=False, transport=self._transport

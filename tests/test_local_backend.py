@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 from PIL import Image
 from tiny_models import TinyModels, png_bytes
+from webhook_receiver import LoopbackReceiver, LoopbackTransport, output_images
 
 from inference.errors import BackendUnavailable, Cancelled, InvalidImage, InvalidRequest
 from inference.images import read_parameters
@@ -73,17 +73,6 @@ class FakeDetector:
         return [self.score] * len(images)
 
 
-class Hooks:
-    """Captures webhook POSTs (a real WebhookSender over an httpx mock transport)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        self.bodies.append({"url": str(request.url), **json.loads(request.content)})
-        return httpx.Response(200)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def offline() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
@@ -97,8 +86,10 @@ def gate() -> Gate:
 
 
 @pytest.fixture(scope="module")
-def hooks() -> Hooks:
-    return Hooks()
+def hooks() -> Iterator[LoopbackReceiver]:
+    """Webhook POSTs go, over HTTP on loopback, to this receiver."""
+    with LoopbackReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +106,9 @@ def make_backend(models: TinyModels, **options: Any) -> LocalBackend:
 
 @pytest.fixture(scope="module")
 def backend(
-    models: TinyModels, gate: Gate, hooks: Hooks, detector: FakeDetector
+    models: TinyModels, gate: Gate, hooks: LoopbackReceiver, detector: FakeDetector
 ) -> Iterator[LocalBackend]:
-    webhooks = WebhookSender(
-        allow_private_urls=True, transport=httpx.MockTransport(hooks.handler), backoff=0
-    )
+    webhooks = WebhookSender(allow_private_urls=True, transport=LoopbackTransport(hooks), backoff=0)
     backend = make_backend(models, oom_hook=gate, detector=detector, webhooks=webhooks)
     yield backend
     gate.opened.set()
@@ -318,15 +307,19 @@ async def test_out_of_memory_splits_and_finishes(backend: LocalBackend, gate: Ga
     assert result.seeds == [3, 4, 5, 6] and len(result.images) == 4
 
 
-async def test_the_webhook_gets_the_result(backend: LocalBackend, hooks: Hooks) -> None:
+async def test_the_webhook_gets_the_result(backend: LocalBackend, hooks: LoopbackReceiver) -> None:
     url = "https://hooks.example.com/img2img"
     result = await backend.generate(
-        job(webhook=url, track_id="track-9", key="secret-key"), Progress(), CancelToken()
+        job(webhook=url, track_id="track-9", key="secret-key", samples=2), Progress(), CancelToken()
     )
     await backend.wait_webhooks()
-    (body,) = [b for b in hooks.bodies if b.get("track_id") == "track-9"]
-    assert body["url"] == url and body["id"] == result.id and body["status"] == "success"
-    assert body["meta"]["seed"] == result.seeds
+    (delivery,) = [d for d in hooks.deliveries if d.body.get("track_id") == "track-9"]
+    body = delivery.body
+    assert (delivery.host, delivery.path) == ("hooks.example.com", "/img2img")
+    assert body["id"] == result.id and body["status"] == "success"
+    assert body["meta"]["seed"] == result.seeds and len(result.images) == 2
+    assert output_images(body) == [image.data for image in result.images]  # censored, in order
+    assert body["nsfw_content_detected"] == result.nsfw_content_detected == [True, True]
     assert "secret-key" not in json.dumps(body)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import logging
 import time
 import uuid
@@ -17,6 +16,7 @@ import pytest
 from modelslab_fake import API_KEY, FakeModelsLab, Reply, png_bytes
 from PIL import Image
 from pydantic import SecretStr
+from webhook_receiver import LoopbackReceiver, LoopbackTransport, output_images
 
 from inference import (
     BackendError,
@@ -561,21 +561,29 @@ async def test_the_users_webhook_gets_the_censored_result_not_the_api(
     fake: FakeModelsLab,
 ) -> None:
     fake.nsfw = True
-    received: list[dict[str, Any]] = []
-
-    def hook(request: httpx.Request) -> httpx.Response:
-        received.append(json.loads(request.content))
-        return httpx.Response(200)
-
-    sender = WebhookSender(allow_private_urls=True, transport=httpx.MockTransport(hook))
-    backend = make_backend(fake, webhooks=sender)
-    job = make_job(webhook="https://hooks.example.com/done", track_id="t-9", safety_checker="yes")
-    result = await run(backend, job)  # run() closes the backend, which drains the webhook
+    with LoopbackReceiver() as receiver:
+        sender = WebhookSender(allow_private_urls=True, transport=LoopbackTransport(receiver))
+        backend = make_backend(fake, webhooks=sender)
+        job = make_job(
+            webhook="https://hooks.example.com/done",
+            track_id="t-9",
+            safety_checker="yes",
+            safety_checker_type="black",
+        )
+        result = await run(backend, job)  # run() closes the backend, which drains the webhook
     body = fake.submits[0].body
     assert body is not None and "webhook" not in body
-    assert received == [result.model_dump(mode="json")]
-    assert received[0]["nsfw_content_detected"] == [True] and received[0]["track_id"] == "t-9"
-    assert received[0]["output"] == []  # never the API's links to the uncensored originals
+    (delivery,) = receiver.deliveries
+    received = delivery.body
+    assert (delivery.host, delivery.path) == ("hooks.example.com", "/done")
+    assert {k: v for k, v in received.items() if k != "output"} == {
+        k: v for k, v in result.model_dump(mode="json").items() if k != "output"
+    }
+    assert received["nsfw_content_detected"] == [True] and received["track_id"] == "t-9"
+    # The censored images themselves, never the API's links to the uncensored originals.
+    (image,) = output_images(received)
+    assert image == result.images[0].data
+    assert pixel(image, (48, 32)) == (0, 0, 0)
 
 
 async def test_the_webhook_refuses_forged_and_dedups_deliveries() -> None:

@@ -1,18 +1,40 @@
-"""`inference.webhooks.WebhookSender`: delivery, retries, timeouts, and no private addresses."""
+"""`inference.webhooks`: the body (images in base64), delivery to a loopback receiver, retries,
+timeouts, and no private addresses."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
+from webhook_receiver import LoopbackReceiver, output_images
 
-from inference.result import Img2ImgResult
-from inference.webhooks import WebhookSender
+from inference.result import GeneratedImage, Img2ImgResult
+from inference.webhooks import WebhookSender, webhook_body
 
-RESULT = Img2ImgResult(id="job-1", meta={"seed": [1]}, track_id="t-1", generationTime=1.5)
+
+def png(color: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+IMAGES = [
+    GeneratedImage(data=png((200, 30, 30)), format="png", width=24, height=16, seed=7),
+    GeneratedImage(data=png((0, 0, 0)), format="png", width=24, height=16, seed=8, nsfw=True),
+]
+RESULT = Img2ImgResult(
+    id="job-1",
+    meta={"seed": [7, 8], "prompt": "a red fox"},
+    nsfw_content_detected=[False, True],
+    track_id="t-1",
+    generationTime=1.5,
+    images=IMAGES,
+)
 
 
 class Server:
@@ -51,8 +73,43 @@ async def test_the_result_json_is_posted() -> None:
     assert await sender(server).send("https://hooks.example.com/in", RESULT) is True
     (request,) = server.requests
     assert request.method == "POST" and str(request.url) == "https://hooks.example.com/in"
-    assert json.loads(request.content) == RESULT.model_dump(mode="json")
+    assert json.loads(request.content) == webhook_body(RESULT)
     assert request.headers["content-type"] == "application/json"
+
+
+async def test_a_loopback_receiver_gets_the_images_in_base64() -> None:
+    with LoopbackReceiver() as receiver:
+        hooks = WebhookSender(allow_private_urls=True)
+        assert await hooks.send(receiver.url, RESULT) is True
+    (delivery,) = receiver.deliveries
+    body = delivery.body
+    assert output_images(body) == [image.data for image in IMAGES]  # byte for byte, in order
+    assert all(not text.startswith("data:") for text in body["output"])
+    expected = RESULT.model_dump(mode="json")
+    assert {k: v for k, v in body.items() if k != "output"} == {
+        k: v for k, v in expected.items() if k != "output"
+    }
+    assert body["status"] == "success" and body["id"] == "job-1" and body["track_id"] == "t-1"
+    assert body["nsfw_content_detected"] == [False, True] and body["generationTime"] == 1.5
+    assert body["meta"] == {"seed": [7, 8], "prompt": "a red fox"} and "images" not in body
+
+
+def test_the_output_form_is_a_parameter() -> None:
+    def links(result: Img2ImgResult) -> list[str]:
+        return [f"https://files.example.com/{result.id}-{i}.png" for i in range(len(result.images))]
+
+    body = webhook_body(RESULT, links)
+    assert body["output"] == [
+        "https://files.example.com/job-1-0.png",
+        "https://files.example.com/job-1-1.png",
+    ]
+    assert webhook_body(RESULT.model_copy(update={"images": []}))["output"] == []
+
+
+def test_the_body_never_carries_a_key() -> None:
+    leaky = RESULT.model_copy(update={"meta": {"seed": [7], "key": "sk-secret-1"}})
+    body = webhook_body(leaky)
+    assert "key" not in body["meta"] and "sk-secret-1" not in json.dumps(body)
 
 
 async def test_server_errors_and_network_errors_are_retried_with_backoff() -> None:

@@ -22,7 +22,7 @@ import torch
 from inference.errors import BackendError, Cancelled, InferenceError
 from inference.local import components
 from inference.local.batcher import BatchKey, Outcome, WorkItem
-from inference.local.enhance import PromptEnhancer, TemplateEnhancer
+from inference.local.enhance import PromptEnhancer, TemplateEnhancer, prompt_arch
 from inference.local.loading import (
     LoadedModel,
     PipelineCache,
@@ -119,7 +119,7 @@ class Engine:
                 item.on_progress("loading", 0, 0)
         model = self.cache.get(first.selection.model)
         self._prepare(model, first)
-        prompts = {id(item): self._prompt(item) for item in items}
+        prompts = {id(item): self._prompt(item, model) for item in items}
         rows: list[_Row] = []
         for item in items:
             embeds = encode_prompts(
@@ -159,10 +159,12 @@ class Engine:
             max_downsample=self.tome_max_downsample,
         )
 
-    def _prompt(self, item: WorkItem) -> str:
+    def _prompt(self, item: WorkItem, model: LoadedModel) -> str:
         if item.request.enhance_prompt != "yes":
             return item.request.prompt
-        return self.enhancer.enhance(item.request.prompt, item.seeds[0])
+        entry = item.selection.model
+        arch = prompt_arch(model.arch, entry.name, entry.source.location)
+        return self.enhancer.enhance(item.request.prompt, item.seeds[0], arch)
 
     def _run_rows(self, model: LoadedModel, key: BatchKey, rows: list[_Row]) -> list[Any]:
         """One pipeline call, split in halves on CUDA out-of-memory."""

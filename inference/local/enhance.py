@@ -2,8 +2,9 @@
 
 With IMG2IMG_PROMPT_MODEL set, a causal language model continues the prompt (sampling seeded with
 the job's first seed, at most `max_new_tokens` new tokens, the whole prompt capped at the API's
-2000 characters). Without one, `TemplateEnhancer` appends the usual quality tags that the prompt
-does not already contain. Both are deterministic for a given prompt and seed.
+2000 characters). Without one, `TemplateEnhancer` adds the quality tags that the model's
+architecture was trained on and that the prompt does not already contain. Both are deterministic
+for a given prompt, seed and architecture.
 """
 
 from __future__ import annotations
@@ -11,13 +12,35 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from inference.request import MAX_PROMPT_CHARS
 
-__all__ = ["QUALITY_TAGS", "CausalLMEnhancer", "PromptEnhancer", "TemplateEnhancer"]
+__all__ = [
+    "QUALITY_TAGS",
+    "TEMPLATES",
+    "CausalLMEnhancer",
+    "PromptArch",
+    "PromptEnhancer",
+    "Template",
+    "TemplateEnhancer",
+    "prompt_arch",
+]
 
 log = logging.getLogger(__name__)
+
+PromptArch = Literal["sd", "sdxl", "pony"]
+"""The registry's architectures ("sd": SD 1.x/2.x, "sdxl"), plus "pony" for Pony-style SDXL."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """Tags put before the prompt (`lead`) and after it (`tail`), most important first."""
+
+    lead: tuple[str, ...] = ()
+    tail: tuple[str, ...] = ()
+
 
 QUALITY_TAGS: tuple[str, ...] = (
     "masterpiece",
@@ -28,9 +51,35 @@ QUALITY_TAGS: tuple[str, ...] = (
     "professional lighting",
 )
 
+TEMPLATES: dict[PromptArch, Template] = {
+    # SD 1.x/2.x fine-tunes learned the booru-style quality words.
+    "sd": Template(tail=QUALITY_TAGS),
+    # SDXL was captioned in plain language: descriptive quality phrases, no "masterpiece".
+    "sdxl": Template(
+        tail=(
+            "high quality",
+            "highly detailed",
+            "sharp focus",
+            "intricate details",
+            "professional photography",
+            "cinematic lighting",
+        )
+    ),
+    # Pony Diffusion and its merges rank quality with score tags, conventionally first.
+    "pony": Template(lead=("score_9", "score_8_up", "score_7_up"), tail=("highly detailed",)),
+}
+
+
+def prompt_arch(arch: str, *names: str) -> PromptArch:
+    """The template for a model: its architecture, and "pony" for an SDXL model whose models-file
+    name or source says Pony (as Pony checkpoints and merges are named)."""
+    if arch != "sdxl":
+        return "sd"
+    return "pony" if any("pony" in name.lower() for name in names) else "sdxl"
+
 
 class PromptEnhancer(Protocol):
-    def enhance(self, prompt: str, seed: int) -> str: ...
+    def enhance(self, prompt: str, seed: int, arch: PromptArch = "sd") -> str: ...
 
 
 def _bounded(text: str) -> str:
@@ -40,18 +89,35 @@ def _bounded(text: str) -> str:
     return cut[: cut.rfind(",")] if "," in cut else cut
 
 
+_WEIGHT = re.compile(r":\s*-?[\d.]+$")
+
+
+def _tag_key(part: str) -> str:
+    """A prompt part compared as a tag: `(Best Quality:1.2)` is the tag "best quality"."""
+    text = part.strip().strip("()[]{}").strip()
+    return " ".join(_WEIGHT.sub("", text).strip().lower().split())
+
+
 class TemplateEnhancer:
-    """Appends the quality tags that the prompt does not already contain."""
+    """Adds the architecture's quality tags that the prompt does not already contain, as many as
+    fit in the API's 2000 characters (the prompt itself is never cut)."""
 
-    def __init__(self, tags: tuple[str, ...] = QUALITY_TAGS) -> None:
-        self.tags = tags
+    def __init__(self, templates: dict[PromptArch, Template] | None = None) -> None:
+        self.templates = TEMPLATES if templates is None else templates
 
-    def enhance(self, prompt: str, seed: int) -> str:
+    def enhance(self, prompt: str, seed: int, arch: PromptArch = "sd") -> str:
         del seed  # the template is the same for every seed
-        present = {part.strip().lower() for part in prompt.split(",")}
-        extra = [tag for tag in self.tags if tag.lower() not in present]
-        base = prompt.strip().rstrip(",").strip()
-        return _bounded(", ".join([base, *extra])) if extra else prompt
+        template = self.templates.get(arch) or self.templates["sd"]
+        base = prompt.strip().strip(",").strip()
+        present = {_tag_key(part) for part in base.split(",")}
+        lead = [tag for tag in template.lead if _tag_key(tag) not in present]
+        tail = [tag for tag in template.tail if _tag_key(tag) not in present]
+        while lead or tail:
+            text = ", ".join(part for part in (*lead, base, *tail) if part)
+            if len(text) <= MAX_PROMPT_CHARS:
+                return text
+            (tail or lead).pop()  # the least important tag goes first
+        return prompt
 
 
 class CausalLMEnhancer:
@@ -79,7 +145,8 @@ class CausalLMEnhancer:
                 self._loaded = (tokenizer, model)
             return self._loaded
 
-    def enhance(self, prompt: str, seed: int) -> str:
+    def enhance(self, prompt: str, seed: int, arch: PromptArch = "sd") -> str:
+        """`arch` picks the template used when the model adds nothing."""
         import torch
 
         tokenizer, model = self._load()
@@ -105,7 +172,7 @@ class CausalLMEnhancer:
             )
         added = _clean(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         if not added:
-            return self._fallback.enhance(prompt, seed)
+            return self._fallback.enhance(prompt, seed, arch)
         return _bounded(f"{prompt.strip().rstrip(',')}, {added}")
 
 
