@@ -9,6 +9,7 @@ hidden from error messages so the secret `key` can never appear in one.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -22,7 +23,7 @@ from pydantic import (
 )
 
 from inference.errors import InvalidRequest
-from inference.images.urls import check_url_syntax
+from inference.images.urls import check_url_syntax, is_public_address
 from inference.settings import private_urls_allowed
 
 __all__ = [
@@ -250,7 +251,10 @@ class Img2ImgRequest(BaseModel):
     @field_validator("webhook", mode="after")
     @classmethod
     def _webhook_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return _checked_url(value, "webhook", ("https",), info)
+        url = _checked_url(value, "webhook", ("http", "https"), info)
+        if url is not None and urlsplit(url).scheme.lower() == "http":
+            _require_private_http(url, info)
+        return url
 
     @field_validator("lora_model", mode="after")
     @classmethod
@@ -352,3 +356,18 @@ def _checked_url(
         return check_url_syntax(value, field=field, schemes=schemes, allow_private=bool(allow))
     except InvalidRequest as exc:
         raise ValueError(str(exc).removeprefix(f"{field} ")) from None
+
+
+def _require_private_http(url: str, info: ValidationInfo) -> None:
+    """Plain http webhooks only where private URLs are allowed, and never to a public IP literal
+    (a name is checked when the webhook is sent: it must resolve to private addresses only)."""
+    allow = (info.context or {}).get("allow_private_urls")
+    if not (private_urls_allowed() if allow is None else allow):
+        raise ValueError("must be an https URL (like https://example.com/...).")
+    host = (urlsplit(url).hostname or "").strip("[]")
+    try:
+        public = is_public_address(host)
+    except ValueError:  # a name, not an IP literal
+        public = False
+    if public:
+        raise ValueError("may use plain http only for private or local addresses; use https.")

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from inference.errors import InvalidRequest
-from inference.images.urls import pin, resolve_public_host
+from inference.images.urls import pin, resolve_private_host, resolve_public_host
 from inference.result import Img2ImgResult
 
 __all__ = ["OutputForm", "WebhookSender", "base64_output", "webhook_body"]
@@ -108,7 +108,9 @@ class WebhookSender:
         host = url.host
         try:
             address = None
-            if not self.allow_private_urls:
+            if url.scheme == "http":  # validation lets plain http through only for private hosts
+                address = await resolve_private_host(host, url.port or 80)
+            elif not self.allow_private_urls:
                 address = await resolve_public_host(host, url.port or 443)
             target = pin(url, address)  # connect to the address just checked, not the name again
             response = await client.post(

@@ -290,3 +290,22 @@ def test_the_request_is_immutable_and_revalidates_on_copy() -> None:
         request.seed = 2  # type: ignore[misc]
     changed = Img2ImgRequest.model_validate({**request.model_dump(), "seed": 5})
     assert changed.seed == 5 and request.seed == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/hook", "http://[::1]/hook", "http://hooks.internal/hook"]
+)
+def test_plain_http_webhooks_are_allowed_for_private_hosts_where_private_urls_are(
+    url: str,
+) -> None:
+    body = {"prompt": "a cat", "webhook": url}
+    request = Img2ImgRequest.model_validate(body, context={"allow_private_urls": True})
+    assert request.webhook == url
+    with pytest.raises(ValidationError, match="https"):
+        Img2ImgRequest.model_validate(body, context={"allow_private_urls": False})
+
+
+def test_plain_http_webhooks_to_a_public_address_are_refused_even_where_private_urls_are() -> None:
+    body = {"prompt": "a cat", "webhook": "http://151.101.1.69/hook"}
+    with pytest.raises(ValidationError, match="plain http only for private or local"):
+        Img2ImgRequest.model_validate(body, context={"allow_private_urls": True})

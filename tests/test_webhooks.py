@@ -171,3 +171,17 @@ async def test_the_post_goes_to_the_address_that_was_checked(
     assert str(request.url) == "https://151.101.1.69/in"
     assert request.headers["host"] == "hooks.example.com"
     assert request.extensions["sni_hostname"] == "hooks.example.com"
+
+
+async def test_a_plain_http_webhook_on_a_private_host_is_delivered_over_http() -> None:
+    with LoopbackReceiver() as receiver:
+        delivered = await WebhookSender(allow_private_urls=True).send(receiver.url, RESULT)
+    assert delivered is True
+    [delivery] = receiver.deliveries
+    assert output_images(delivery.body) == [image.data for image in IMAGES]
+
+
+async def test_a_plain_http_webhook_to_a_public_address_is_never_sent() -> None:
+    server = Server(200)
+    assert await sender(server, private=True).send("http://151.101.1.69/in", RESULT) is False
+    assert server.requests == []

@@ -1,9 +1,8 @@
 """A loopback webhook receiver (a real HTTP server on 127.0.0.1, in its own thread).
 
-It records every POST and answers 200. Request validation lets only https webhooks through, so
-`LoopbackTransport` hands the sender's requests for any https URL to the receiver over plain HTTP
-(the Host header keeps the name the job gave); a sender posting to `receiver.url` needs no
-transport at all.
+It records every POST and answers 200. A sender may post to `receiver.url` (plain http to a
+loopback host, allowed where private URLs are); for https webhook URLs, `LoopbackTransport` hands
+the sender's requests to the receiver over plain HTTP (the Host header keeps the name the job gave).
 """
 
 from __future__ import annotations

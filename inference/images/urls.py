@@ -19,7 +19,15 @@ import httpx
 
 from inference.errors import InvalidRequest
 
-__all__ = ["PinnedTarget", "check_url_syntax", "is_public_address", "pin", "resolve_public_host"]
+__all__ = [
+    "PinnedTarget",
+    "check_url_syntax",
+    "is_public_address",
+    "pin",
+    "resolve_addresses",
+    "resolve_private_host",
+    "resolve_public_host",
+]
 
 _BLOCKED_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 
@@ -72,20 +80,32 @@ def check_url_syntax(url: str, *, field: str, schemes: tuple[str, ...], allow_pr
     return url
 
 
-async def resolve_public_host(host: str, port: int) -> str:
-    """The address to connect to; raises `InvalidRequest` unless every one `host` has is public."""
+async def resolve_addresses(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (itself when it is an IP literal)."""
     literal = _literal_ip(host)
     if literal is not None:
-        addresses = [literal]
-    else:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError:
-            raise InvalidRequest(f"The host {host!r} could not be found; check the URL.") from None
-        addresses = [str(info[4][0]) for info in infos]
+        return [literal]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise InvalidRequest(f"The host {host!r} could not be found; check the URL.") from None
+    return [str(info[4][0]) for info in infos]
+
+
+async def resolve_public_host(host: str, port: int) -> str:
+    """The address to connect to; raises `InvalidRequest` unless every one `host` has is public."""
+    addresses = await resolve_addresses(host, port)
     if not addresses or not all(is_public_address(a) for a in addresses):
         raise InvalidRequest("The URL points to a private or local address; use a public URL.")
+    return addresses[0]
+
+
+async def resolve_private_host(host: str, port: int) -> str:
+    """The address for a plain-http URL: allowed only where every address is private or local."""
+    addresses = await resolve_addresses(host, port)
+    if not addresses or any(is_public_address(a) for a in addresses):
+        raise InvalidRequest("Plain http is only for private or local addresses; use https.")
     return addresses[0]
 
 
