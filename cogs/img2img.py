@@ -75,7 +75,10 @@ class Img2ImgCog(commands.Cog):
         vae="VAE to use instead of the model's own",
         use_karras_sigmas="Karras noise schedule (default yes)",
         tomesd="Token merging for speed (default yes)",
-        enhance_prompt="Let the bot enrich your prompt (default no)",
+        enhance_prompt=(
+            "Add quality tags that suit the model, or let a prompt model extend your prompt; "
+            "default no"
+        ),
         safety_checker="NSFW filter; can only be turned off in age-restricted channels",
         safety_checker_type="How flagged images are hidden (default: sensitive-content label)",
     )
