@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from inference.request import Img2ImgRequest
 
@@ -15,7 +15,7 @@ __all__ = ["GeneratedImage", "Img2ImgResult", "effective_meta"]
 class GeneratedImage(BaseModel):
     """One finished image: encoded bytes (after censoring) and what describes it."""
 
-    model_config = ConfigDict(frozen=True, ser_json_bytes="base64")
+    model_config = ConfigDict(frozen=True)
 
     data: bytes = Field(repr=False)
     format: Literal["png", "webp", "jpeg"]
@@ -24,10 +24,15 @@ class GeneratedImage(BaseModel):
     seed: int
     nsfw: bool = False
 
+    # The JSON form carries the bytes as standard base64 text, written and read here on purpose:
+    # pydantic's own `ser_json_bytes="base64"` writes the URL-safe alphabet.
+    @field_serializer("data", when_used="json")
+    def _data_to_base64(self, data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
     @field_validator("data", mode="before")
     @classmethod
     def _data_from_base64(cls, value: Any) -> Any:
-        # The JSON form carries the bytes as base64 text (see `Img2ImgResult.to_wire`).
         return base64.b64decode(value, validate=True) if isinstance(value, str) else value
 
     @property

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import random
 import threading
 
 import pytest
+from PIL import Image
 
 from inference import Cancelled, CancelToken, GeneratedImage, Img2ImgRequest, Img2ImgResult, Job
 from inference.port import ProgressEvent
@@ -91,3 +95,16 @@ async def test_cancel_token_wakes_waiters_from_another_thread() -> None:
     with pytest.raises(Cancelled):
         token.raise_if_cancelled()
     await asyncio.wait_for(token.wait(), timeout=1)  # already cancelled: returns at once
+
+
+def test_results_of_real_encoded_pngs_round_trip_byte_for_byte() -> None:
+    noise = Image.frombytes("RGB", (64, 64), random.Random(5).randbytes(64 * 64 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    data = buffer.getvalue()
+    assert {"+", "/"} & set(base64.b64encode(data).decode())  # both base64 alphabets differ here
+    image = GeneratedImage(data=data, format="png", width=64, height=64, seed=1)
+    result = Img2ImgResult(id="j", images=[image, image])
+    back = Img2ImgResult.from_wire(json.loads(json.dumps(result.to_wire())))
+    assert [i.data for i in back.images] == [data, data]
+    assert Image.open(io.BytesIO(back.images[0].data)).tobytes() == noise.tobytes()
