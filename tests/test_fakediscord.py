@@ -481,3 +481,13 @@ async def test_refuses_what_discord_refuses(fake_discord: FakeDiscord, bot: comm
     assert (long.value.status, long.value.code) == (400, 50035)
     assert fake_discord.messages(channel.id) == []
     assert [e.data["code"] for e in fake_discord.events_of(EventKind.REJECTED)] == [40005, 50035]
+
+
+def test_the_fake_decides_pings_as_discord_does() -> None:
+    from fakediscord.mentions import pings
+
+    text = "hi <@42> and <@&7> @everyone"
+    assert pings({"content": text}) == {"everyone", "user:42", "role:7"}
+    assert pings({"content": text, "allowed_mentions": {"parse": []}}) == set()
+    only_user = {"content": text, "allowed_mentions": {"parse": [], "users": ["42"]}}
+    assert pings(only_user) == {"user:42"}

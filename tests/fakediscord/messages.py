@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import invalid_form, validate_message
+from .mentions import pings
 from .records import EPHEMERAL, LOADING, EventKind, MessageRevision, StoredFile, StoredMessage
 from .state import FakeState
 from .world import FakeChannel, FakeUser
@@ -29,7 +30,7 @@ class Upload:
     content_type: str | None = None
 
 
-def _revision(msg: StoredMessage) -> MessageRevision:
+def _revision(msg: StoredMessage, payload: dict[str, Any]) -> MessageRevision:
     return MessageRevision(
         content=msg.content,
         embeds=list(msg.embeds),
@@ -37,6 +38,7 @@ def _revision(msg: StoredMessage) -> MessageRevision:
         attachments=tuple(msg.attachments),
         flags=msg.flags,
         at=time.monotonic(),
+        pings=pings(payload),
     )
 
 
@@ -112,7 +114,7 @@ class MessageStore:
                 message_reference=reference,
                 created_at=time.monotonic(),
             )
-            msg.revisions.append(_revision(msg))
+            msg.revisions.append(_revision(msg, payload))
             self.state.add_message(msg)
             self.state.record(
                 EventKind.MESSAGE_CREATED,
@@ -148,7 +150,7 @@ class MessageStore:
                 flags = (flags & ~EDIT_FLAGS) | (int(payload["flags"] or 0) & EDIT_FLAGS)
             msg.flags = flags
             msg.edited = True
-            msg.revisions.append(_revision(msg))
+            msg.revisions.append(_revision(msg, payload))
             self.state.record(
                 EventKind.MESSAGE_EDITED,
                 interaction_id=interaction_id,

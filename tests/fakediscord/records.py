@@ -70,6 +70,7 @@ class MessageRevision:
     attachments: tuple[StoredFile, ...]
     flags: int
     at: float  # time.monotonic()
+    pings: frozenset[str] = frozenset()  # what this version notified: "everyone", "user:ID", ...
 
 
 @dataclass
@@ -94,6 +95,11 @@ class StoredMessage:
     edited: bool = False
     deleted: bool = False
     revisions: list[MessageRevision] = field(default_factory=list)
+
+    @property
+    def pings(self) -> frozenset[str]:
+        """Everyone this message notified, over all its versions (see `mentions.pings`)."""
+        return frozenset().union(*(r.pings for r in self.revisions))
 
     @property
     def ephemeral(self) -> bool:
