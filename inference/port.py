@@ -2,6 +2,8 @@
 
 A backend takes a `Job` (the request and the init image as bytes), a progress callback and a
 `CancelToken`; it returns an `Img2ImgResult` or raises an `inference.errors.InferenceError`.
+`generate` is idempotent per job id: a job handed over again after a restart, with the
+`external_id` its backend reported, resumes that work rather than running or paying for it twice.
 It advertises `capacity`, the number of jobs it can usefully hold at once (the local backend's
 batch size, the ModelsLab backend's in-flight bound), and closes cleanly. Jobs, progress events
 and results are plain serialisable data so that a queue can move them between processes.
@@ -31,6 +33,9 @@ class Job(BaseModel):
     id: str = Field(min_length=1, max_length=64)
     request: Img2ImgRequest
     init_image: bytes = Field(repr=False)
+    external_id: str | None = None
+    """The backend's own handle for this job (the API's request id), as it reported it in a
+    `ProgressEvent` before a restart: a backend resumes that work instead of starting it again."""
 
 
 class ProgressEvent(BaseModel):
@@ -44,6 +49,9 @@ class ProgressEvent(BaseModel):
     total_steps: int = 0
     eta_seconds: float | None = None
     message: str | None = None
+    external_id: str | None = None
+    """Set once the backend has an external handle for the job (the API accepted it): the bot
+    stores it with the job and hands it back in `Job.external_id` if the job is resumed."""
 
     @property
     def fraction(self) -> float:
