@@ -186,27 +186,28 @@ def make_real_bot(args: argparse.Namespace, gate: HoldGate) -> Any:
 
     torch.set_num_threads(1)
     from bot.__main__ import build_bot
-    from bot.config import BotSettings
+    from bot.config import BotSettings, DiscordSettings, StoreSettings
     from inference import InferenceSettings
     from inference.local.backend import LocalBackend
     from inference.local.registry import ModelRegistry
+    from inference.settings import IngestSettings, LocalSettings
 
     settings = BotSettings(
-        discord_token=TOKEN,
-        discord_api_base=args.api_base,
-        discord_gateway_url=args.gateway_url,
-        database=Path(args.database),
+        discord=DiscordSettings(token=TOKEN, api_base=args.api_base, gateway_url=args.gateway_url),
+        store=StoreSettings(database=Path(args.database)),
         shutdown_grace=0.0,
-        **json.loads(args.settings),
+        **json.loads(args.settings),  # BotSettings fields; sections as objects
     )
     inference_settings = InferenceSettings(
-        allow_private_urls=True, models_file=Path(args.models_file), device="cpu"
+        ingest=IngestSettings(allow_private_urls=True),
+        models_file=Path(args.models_file),
+        local=LocalSettings(device="cpu"),
     )
     detector: Any = NoDetector()
     if args.detector == "real":
-        from inference.safety import get_default_detector
+        from inference.safety import OpenNsfwDetector
 
-        detector = get_default_detector()
+        detector = OpenNsfwDetector()
     backend = LocalBackend(
         ModelRegistry.load(inference_settings.models_file),
         device="cpu",
@@ -438,7 +439,7 @@ async def one_round(
     from fakediscord.records import EventKind
 
     async with FakeDiscord(world=make_world(burst + 1), interaction_deadline=DEADLINE) as fake:
-        extra = ["--hold", "--settings", json.dumps({"max_pending_total": 2 * burst})]
+        extra = ["--hold", "--settings", json.dumps({"limits": {"max_pending_total": 2 * burst}})]
         bot = await BotProcess.start(Path(__file__), variant, fake, workdir, models_file, *extra)
         try:
             await bot.expect("ready")

@@ -232,8 +232,7 @@ async def drive(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     settings = {
-        "daily_quota_user": 0,
-        "max_pending_per_user": 10,
+        "limits": {"daily_quota_user": 0, "max_pending_per_user": 10},
         "progress_interval": 0.1,  # progress edits on every job: their tasks must not pile up
     }
     rows: list[tuple[int, dict[str, Any]]] = []

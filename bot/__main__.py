@@ -6,32 +6,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from typing import Any
 
+import aiohttp
 import discord
-from pydantic import ValidationError
 
+from bot import startup
 from bot.acks import AckTracker
 from bot.catalog import load_catalog
 from bot.client import Img2ImgBot, point_discord_at
 from bot.config import BotSettings
+from bot.connect import Backoff, describe_unreachable, wait_until_reachable
 from bot.jobs import FairQueue, QueueLimits
 from bot.store import JobStore
 from cogs.views import ButtonFactory
 from inference import Backend, InferenceError, InferenceSettings
 from inference.backends import create_backend
+from inference.safety import OpenNsfwDetector
 
 log = logging.getLogger("bot")
+BACKOFF = Backoff()  # 1 s, doubling up to 60 s, between attempts to reach Discord
 
 
 def queue_limits(settings: BotSettings) -> QueueLimits:
+    limits = settings.limits
     return QueueLimits(
-        max_pending_per_user=settings.max_pending_per_user,
-        max_pending_total=settings.max_pending_total,
-        daily_quota_user=settings.daily_quota_user,
-        daily_quota_guild=settings.daily_quota_guild,
+        max_pending_per_user=limits.max_pending_per_user,
+        max_pending_total=limits.max_pending_total,
+        daily_quota_user=limits.daily_quota_user,
+        daily_quota_guild=limits.daily_quota_guild,
     )
 
 
@@ -42,7 +49,7 @@ def build_bot(
 
     Call it inside the running event loop (the client's HTTP connector needs it).
     """
-    store = JobStore(settings.database)
+    store = JobStore(settings.store.database)
     return Img2ImgBot(
         settings=settings,
         inference_settings=inference_settings,
@@ -55,48 +62,77 @@ def build_bot(
     )
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
-async def run(settings: BotSettings, inference_settings: InferenceSettings) -> int:
-    assert settings.discord_token is not None
-    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+async def run(
+    settings: BotSettings, inference_settings: InferenceSettings, *, backoff: Backoff = BACKOFF
+) -> int:
+    """Build everything, wait for Discord, serve until SIGTERM/SIGINT; the exit code."""
+    discord_settings = settings.discord
+    assert discord_settings.token is not None
+    point_discord_at(discord_settings.api_base, discord_settings.gateway_url)
     try:
-        backend = create_backend(inference_settings)
+        backend = create_backend(inference_settings, detector=OpenNsfwDetector())
     except (InferenceError, ValueError) as exc:
         return _fail(f"the {inference_settings.backend} backend cannot start: {exc}")
     bot = build_bot(settings, inference_settings, backend)
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
-    try:
-        async with bot:
-            await bot.start(settings.discord_token.get_secret_value())
-    except discord.LoginFailure:
-        return _fail("Discord refused DISCORD_TOKEN; copy the bot token again from the portal.")
+        loop.add_signal_handler(sig, stop.set)
+    async with bot:  # closes the bot (and its backend) however this ends
+        reach = asyncio.ensure_future(wait_until_reachable(discord_settings.api_base, backoff))
+        if await _stopped_first(reach, stop):
+            return 0
+        login = asyncio.ensure_future(bot.login(discord_settings.token.get_secret_value()))
+        if await _stopped_first(login, stop):
+            return 0
+        try:
+            login.result()
+        except discord.LoginFailure:
+            return _fail("Discord refused DISCORD_TOKEN; copy the bot token again from the portal.")
+        except discord.HTTPException as exc:
+            return _fail(f"Discord answered {exc.status} to the login; check DISCORD_API_BASE.")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = describe_unreachable(exc, discord_settings.api_base)
+            return _fail(f"the connection to Discord failed while logging in: {reason}.", 1)
+        connect = asyncio.ensure_future(bot.connect())
+        if await _stopped_first(connect, stop, cancel=False):
+            await bot.close()  # running jobs get the shutdown grace; connect() then returns
+        await connect
     return 0
+
+
+async def _stopped_first(
+    task: asyncio.Future[Any], stop: asyncio.Event, *, cancel: bool = True
+) -> bool:
+    """Wait for `task` or `stop`; True when `stop` came first (`task` is then cancelled)."""
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return False
+    if cancel:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return True
 
 
 def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        settings = BotSettings()
-        inference_settings = InferenceSettings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{e['loc'][0]}: {e['msg']}" for e in exc.errors(include_input=False, include_url=False)
-        )
-        return _fail(f"invalid settings: {problems}. See the README's settings table.")
-    if settings.discord_token is None:
-        return _fail("DISCORD_TOKEN is not set. Put it in the environment or in .env.")
-    keys = (inference_settings.modelslab_api_key, inference_settings.modelslab_api_keys)
-    if inference_settings.backend == "modelslab" and not any(keys):
-        return _fail("IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY (or MODELSLAB_API_KEYS).")
-    return asyncio.run(run(settings, inference_settings))
+    checked = startup.check()
+    if checked.settings is None or checked.inference_settings is None:
+        print(startup.report(checked.problems), file=sys.stderr)
+        return 2
+    return asyncio.run(run(checked.settings, checked.inference_settings))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class Img2ImgBot(commands.Bot):
     async def setup_hook(self) -> None:
         await self.store.open()
         purged = await self.store.purge_older_than(
-            time.time() - self.settings.retention_days * 86_400
+            time.time() - self.settings.store.retention_days * 86_400
         )
         if purged:
             log.info("purged %d job records past the retention period", purged)
@@ -116,8 +116,8 @@ class Img2ImgBot(commands.Bot):
         await self._resume_unfinished()
 
     async def _sync_commands(self) -> None:
-        if self.settings.dev_guild_id:
-            guild = discord.Object(id=self.settings.dev_guild_id)
+        if self.settings.discord.dev_guild:
+            guild = discord.Object(id=self.settings.discord.dev_guild)
             self.tree.copy_global_to(guild=guild)
             await self.tree.sync(guild=guild)
         else:

@@ -1,43 +1,55 @@
-"""Settings of the Discord side (CONTRACT section 6): token, proxies, database, limits, quotas."""
+"""Settings of the Discord side, in sections: Discord itself, queue limits, the job store."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
-__all__ = ["BotSettings"]
+from inference.settings import SettingsBase
 
-
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name, name.lower())
+__all__ = ["BotSettings", "DiscordSettings", "LimitSettings", "StoreSettings"]
 
 
-class BotSettings(BaseSettings):
+class DiscordSettings(SettingsBase):
+    """The token, and where REST and gateway traffic go (proxies, a test server)."""
+
+    model_config = SettingsConfigDict(env_prefix="DISCORD_")
+
+    token: SecretStr | None = None
+    api_base: str = Field("https://discord.com/api/v10", pattern=r"^https?://")
+    gateway_url: str | None = Field(None, pattern=r"^wss?://")
+    dev_guild: int | None = None  # sync commands to this server only (instant, for trying out)
+
+
+class LimitSettings(SettingsBase):
+    """Jobs waiting or running, and images per UTC day (0: unlimited)."""
+
+    model_config = SettingsConfigDict(env_prefix="IMG2IMG_")
+
+    max_pending_per_user: int = Field(3, ge=1)
+    max_pending_total: int = Field(100, ge=1)
+    daily_quota_user: int = Field(100, ge=0)
+    daily_quota_guild: int = Field(0, ge=0)
+
+
+class StoreSettings(SettingsBase):
+    """The SQLite job store and how long its records are kept."""
+
+    model_config = SettingsConfigDict(env_prefix="IMG2IMG_")
+
+    database: Path = Path("data/img2img.sqlite3")
+    retention_days: int = Field(30, ge=1)
+
+
+class BotSettings(SettingsBase):
     """Everything `bot` and `cogs` read from the environment (and `.env`)."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="IMG2IMG_")
 
-    discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
-    discord_api_base: str = Field(
-        "https://discord.com/api/v10", validation_alias=_env("DISCORD_API_BASE")
-    )
-    discord_gateway_url: str | None = Field(None, validation_alias=_env("DISCORD_GATEWAY_URL"))
-    dev_guild_id: int | None = Field(None, validation_alias=_env("DISCORD_DEV_GUILD"))
-    database: Path = Field(Path("data/img2img.sqlite3"), validation_alias=_env("IMG2IMG_DATABASE"))
-    max_pending_per_user: int = Field(
-        3, ge=1, validation_alias=_env("IMG2IMG_MAX_PENDING_PER_USER")
-    )
-    max_pending_total: int = Field(100, ge=1, validation_alias=_env("IMG2IMG_MAX_PENDING_TOTAL"))
-    daily_quota_user: int = Field(
-        100, ge=0, validation_alias=_env("IMG2IMG_DAILY_QUOTA_USER"), description="0: unlimited"
-    )
-    daily_quota_guild: int = Field(
-        0, ge=0, validation_alias=_env("IMG2IMG_DAILY_QUOTA_GUILD"), description="0: unlimited"
-    )
-    retention_days: int = Field(30, ge=1, validation_alias=_env("IMG2IMG_RETENTION_DAYS"))
-    shutdown_grace: float = Field(30.0, ge=0, validation_alias=_env("IMG2IMG_SHUTDOWN_GRACE"))
-    progress_interval: float = Field(1.5, gt=0, validation_alias=_env("IMG2IMG_PROGRESS_INTERVAL"))
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    shutdown_grace: float = Field(30.0, ge=0)
+    progress_interval: float = Field(1.5, gt=0)

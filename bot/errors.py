@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING
 
 import discord
 
+from bot.incidents import log_incident
 from bot.messages import unexpected_error
 
 if TYPE_CHECKING:
@@ -22,8 +22,7 @@ async def report_unexpected(
     interaction: discord.Interaction[Img2ImgBot], error: BaseException, where: str
 ) -> None:
     """Log `error` with a fresh error id and tell the user that id (never a stack trace)."""
-    error_id = secrets.token_hex(4)
-    log.error("error %s in %s", error_id, where, exc_info=error)
+    error_id = log_incident(error, where)
     text = unexpected_error(error_id)
     try:
         if interaction.response.is_done():

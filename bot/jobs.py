@@ -4,6 +4,11 @@ Users take turns: with three jobs from A and one from B queued, the order is A, 
 Jobs are released to the backend while it reports free `capacity`; the local backend batches
 the compatible ones it holds. Every state change is written to the job store first, so a
 restart resumes queued and running jobs.
+
+Failures: a typed error (`inference.errors`) is meant for the user and is shown and stored as it
+is. Anything else, and a `BackendError` raised from an untyped exception (whose text may quote
+file paths or torch internals), is logged with the job id under an error id (`bot.incidents`);
+the user and the job store get only a generic sentence with that id.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from bot.incidents import log_incident
 from bot.store import JobRecord, JobStore
 from inference import (
     Backend,
+    BackendError,
     Cancelled,
     CancelToken,
     Img2ImgResult,
@@ -58,11 +65,26 @@ class JobListener(Protocol):
 
 
 class UnexpectedFailure(InferenceError):
-    """A bug, not a user error: logged with the job id, reported to the user by that id only."""
+    """A failure on our side: logged in full under `error_id`, reported to the user by that id."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"Something went wrong on our side (job {job_id}).")
+    def __init__(self, job_id: str, error_id: str) -> None:
+        super().__init__(f"Something went wrong on our side (job {job_id}, error {error_id}).")
         self.job_id = job_id
+        self.error_id = error_id
+
+    @classmethod
+    def logged(cls, error: BaseException, job_id: str) -> UnexpectedFailure:
+        """Log `error` (text, causes, traceback) with the job id; the failure names its id."""
+        return cls(job_id, log_incident(error, f"job {job_id}"))
+
+
+def _shown_failure(error: InferenceError, job_id: str) -> InferenceError:
+    """What users see of a typed failure: `error`, or an `UnexpectedFailure` when it is a backend
+    failure raised from an untyped exception (its message may carry that exception's text)."""
+    cause = error.__cause__
+    if isinstance(error, BackendError) and not isinstance(cause, InferenceError | None):
+        return UnexpectedFailure.logged(error, job_id)
+    return error
 
 
 @dataclass(frozen=True)
@@ -261,12 +283,11 @@ class FairQueue:
         except Cancelled as exc:
             await self._finish_failed(entry, "cancelled", exc)
         except InferenceError as exc:
-            await self._finish_failed(entry, "failed", exc)
+            await self._finish_failed(entry, "failed", _shown_failure(exc, record.id))
         except asyncio.CancelledError:
             raise  # shutdown: the job stays "running" in the store and is resumed on restart
-        except Exception:
-            log.exception("job %s failed unexpectedly", record.id)
-            await self._finish_failed(entry, "failed", UnexpectedFailure(record.id))
+        except Exception as exc:
+            await self._finish_failed(entry, "failed", UnexpectedFailure.logged(exc, record.id))
         finally:
             self._running.pop(record.id, None)
             self._release()

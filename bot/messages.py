@@ -39,6 +39,7 @@ __all__ = [
     "describe_error",
     "describe_refusal",
     "describe_validation_error",
+    "fewer_images",
     "history_footer",
     "history_line",
     "image_description",
@@ -163,6 +164,14 @@ def result_footer(job_id: str, seconds: float, flagged: int) -> str:
     return footer
 
 
+def fewer_images(returned: int, requested: int) -> str:
+    """Shown with a result when the image generator returned fewer images than asked for."""
+    return (
+        f"Only {returned} of the {requested} images you asked for came back from the image "
+        "generator; here is what it returned."
+    )
+
+
 def image_description(seed: int) -> str:
     """An image file's description (alt text): its seed."""
     return f"seed {seed}"
@@ -205,10 +214,7 @@ def describe_error(error: InferenceError) -> str:
     if isinstance(error, Cancelled):
         return "Cancelled."
     if isinstance(error, UnexpectedFailure):
-        return (
-            f"Something went wrong on our side. Please tell the server admins the job id "
-            f"`{error.job_id}`."
-        )
+        return unexpected_error(error.error_id)
     if isinstance(error, BackendTimeout):
         return f"The image generator took too long: {error} Please try again."
     if isinstance(error, BackendUnavailable):

@@ -19,6 +19,7 @@ import discord
 
 from bot.messages import (
     describe_error,
+    fewer_images,
     image_description,
     progress_text,
     queued_text,
@@ -111,6 +112,14 @@ def result_embed(result: Img2ImgResult, requester: str) -> discord.Embed:
     return embed
 
 
+def _result_content(result: Img2ImgResult, mention: str) -> str:
+    """The result message's text: the mention, and a note when images are missing."""
+    requested = result.meta.get("samples")
+    if isinstance(requested, int) and len(result.images) < requested:
+        return f"{mention}\n{fewer_images(len(result.images), requested)}"
+    return mention
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -161,7 +170,7 @@ class JobReporter:
         files = await result_files(self.job_id, result.images, limit)
         embed = result_embed(result, self._requester.display_name)
         view = self._views.result(self.job_id, len(result.images))
-        content = self._requester.mention
+        content = _result_content(result, self._requester.mention)
         if self._token_alive():
             try:
                 assert self._interaction is not None

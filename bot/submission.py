@@ -71,10 +71,6 @@ class ImageSource:
     url: str | None = None
     data: bytes | None = None
 
-    @property
-    def public_url(self) -> str | None:
-        return self.attachment.url if self.attachment is not None else self.url
-
 
 def parse_options_line(text: str) -> dict[str, str]:
     """`seed=42 steps=31 lora_model=a,b` → request fields; refuses unknown names."""
@@ -131,7 +127,7 @@ async def _respond(interaction: discord.Interaction[Img2ImgBot], text: str) -> N
 
 
 async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:
-    limit = bot.inference_settings.max_image_bytes
+    limit = bot.inference_settings.ingest.max_image_bytes
     if source.data is not None:
         data = source.data
     elif source.attachment is not None:
@@ -164,10 +160,12 @@ async def submit_job(
     """
     bot = interaction.client
     body, note = await _apply_channel_policy(bot, interaction, body)
-    if source.public_url and source.data is None:
-        body["init_image"] = source.public_url
+    if source.url is not None and source.attachment is None and source.data is None:
+        # A user's link is checked here and kept as the job's provenance; an attachment's signed
+        # CDN link would expire, so it is not kept. Backends always send the job's bytes.
+        body["init_image"] = source.url
     try:
-        context = {"allow_private_urls": bot.inference_settings.allow_private_urls}
+        context = {"allow_private_urls": bot.inference_settings.ingest.allow_private_urls}
         request = Img2ImgRequest.model_validate(body, context=context)
     except ValidationError as exc:
         await _respond(interaction, messages.describe_validation_error(exc))

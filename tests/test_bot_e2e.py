@@ -7,6 +7,7 @@ call) so queued and running states are reached without sleeps.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,22 @@ INPUT = png_bytes(gradient_image(96, 64))
 WAIT = 120.0
 
 
+class CrashingGate(Gate):
+    """The gate, which can also make the pipeline call crash as torch would (`crash`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash: Exception | None = None
+
+    def __call__(self, images: int) -> None:
+        super().__call__(images)
+        if self.crash is not None:
+            raise self.crash
+
+
 @pytest.fixture
-def gate() -> Gate:
-    return Gate()
+def gate() -> CrashingGate:
+    return CrashingGate()
 
 
 def is_queued(message: Any) -> bool:
@@ -174,6 +188,27 @@ async def test_a_bad_attachment_is_refused_after_the_ack(
     )
     followup = await inter.wait_followup(lambda m: m.ephemeral, timeout=WAIT)
     assert "PDF" in followup.content or "not an image" in followup.content
+
+
+async def test_a_crash_shows_an_error_id_and_logs_the_details_with_the_job_id(
+    fake_discord: FakeDiscord, bot: Any, gate: CrashingGate, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "/secret/path/model.bin: CUDA error"
+    gate.crash = RuntimeError(secret)
+    inter = await slash(fake_discord)
+    failure = await inter.wait_followup(lambda m: m.ephemeral, timeout=WAIT)
+    assert "/secret" not in failure.content and "CUDA" not in failure.content
+    error_id = re.search(r"error `([0-9a-f]{8})`", failure.content)
+    assert error_id, failure.content
+    logged = [r for r in caplog.records if f"error {error_id[1]} in job " in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None, caplog.text
+    job_id = logged[0].getMessage().split(" in job ")[1].split(":")[0]
+    assert secret in caplog.text
+    engine_log = [r for r in caplog.records if r.name == "inference.local.failures"]
+    assert job_id in engine_log[0].getMessage() and secret in engine_log[0].getMessage()
+    stored = await bot.store.get(job_id)
+    assert stored.status == "failed" and error_id[1] in stored.error
+    assert "/secret" not in stored.error and "CUDA" not in stored.error
 
 
 async def test_no_image_at_all_is_explained(fake_discord: FakeDiscord, bot: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,6 +76,19 @@ async def test_a_job_goes_through_the_api_and_comes_back_as_one_message(
     assert len(api.submits) == 1 and len(api.fetches) >= 2
     body = api.submits[0].body
     assert body is not None and body["samples"] in (2, "2") and body["prompt"] == "a red fox"
+    # The attachment travels as its bytes, not as its expiring CDN link.
+    assert body["base64"] == "yes" and base64.b64decode(body["init_image"]) == png()
+    assert "only" not in done.content.lower()
+
+
+async def test_fewer_images_than_asked_for_are_posted_with_a_note(
+    fake_discord: FakeDiscord, api: FakeModelsLab, bot: Any
+) -> None:
+    api.returned = 1
+    inter = await slash(fake_discord, samples=3, width=64, height=64)
+    done = await inter.wait_original(has_images(1), timeout=WAIT)
+    assert image_sizes(done) == [(64, 64)]
+    assert "Only 1 of the 3 images" in done.content
 
 
 async def test_images_the_api_flags_are_spoilered_and_censored(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import os
+import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +17,9 @@ import pytest
 from modelslab_fake import API_KEY, FakeModelsLab, Reply, png_bytes
 from PIL import Image
 
+from inference import cli as cli_module
 from inference.images import read_parameters
+from inference.request import MAX_SIDE, MIN_SIDE, SAFETY_CHECKER_TYPES, SCHEDULERS, STEP_CHOICES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +145,8 @@ async def test_request_file_with_flags_overriding_and_a_url_init_image(
     assert run.code == 0, run.stderr
     sent = fake.submits[0].body
     assert sent is not None and sent["prompt"] == "from the file" and sent["strength"] == 0.9
-    assert sent["init_image"] == url and "base64" not in sent
+    # the URL is fetched here and the bytes go inline: a URL may expire before the job runs
+    assert sent["base64"] == "yes" and base64.b64decode(sent["init_image"]) == png_bytes(64, 64)
     output = json.loads(run.stdout)["output"]
     assert [Path(p).parent for p in output] == [tmp_path] and len(fake.output_gets()) == 1
 
@@ -215,3 +221,120 @@ async def test_the_default_safety_checker_runs_the_real_detector(
     assert result["nsfw_content_detected"] == [True] and result["meta"]["safety_checker"] == "yes"
     with Image.open(result["output"][0]) as image:
         assert image.convert("RGB").getpixel((100, 100)) == (0, 0, 0)
+
+
+# -- --out, unexpected errors, settings and --help ---------------------------------------------
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in (root ignores modes: then /sys)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys")):
+        try:
+            (candidate / "probe").touch()
+        except OSError:
+            return candidate
+        (candidate / "probe").unlink()
+    pytest.skip("no unwritable folder on this machine")
+
+
+async def test_an_out_that_is_a_file_is_refused_before_the_job(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    run = await cli(
+        fake, tmp_path, "--init-image", str(init_file), "--prompt", "x", "--out", str(target)
+    )
+    assert run.code == 2 and run.stdout == "" and fake.submits == []
+    [line] = run.stderr.splitlines()
+    assert line == f"error: --out {target} is a file, not a folder: give a folder for the images."
+
+
+async def test_an_unwritable_out_is_refused_before_the_job(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    folder = unwritable_folder(tmp_path)
+    run = await cli(
+        fake, tmp_path, "--init-image", str(init_file), "--prompt", "x", "--out", str(folder)
+    )
+    assert run.code == 2 and run.stdout == "" and fake.submits == []
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"error: --out {folder} is not a writable folder")
+
+
+async def test_invalid_settings_exit_2_in_one_line(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    run = await cli(
+        fake, tmp_path, "--init-image", str(init_file), "--prompt", "x", IMG2IMG_BATCH_SIZE="many"
+    )
+    assert run.code == 2 and fake.submits == []
+    [line] = run.stderr.splitlines()
+    assert line.startswith("error: invalid settings: IMG2IMG_BATCH_SIZE:")
+
+
+def failing_backend(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("a bug\nspread over two lines")
+
+
+def cli_main(tmp_path: Path, init_file: Path, *extra: str) -> int:
+    args = ["generate", "--init-image", str(init_file), "--prompt", "x", "--out", str(tmp_path)]
+    return cli_module.main([*args, *extra])
+
+
+@pytest.fixture
+def broken_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """main() in this process, with a backend factory that fails as a bug would."""
+    monkeypatch.chdir(tmp_path)  # no .env from the checkout
+    monkeypatch.setenv("IMG2IMG_BACKEND", "modelslab")
+    monkeypatch.setattr(cli_module, "create_backend", failing_backend)
+    inference_log = logging.getLogger("inference")
+    level = inference_log.level
+    yield
+    inference_log.setLevel(level)  # --debug raises it
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(
+    broken_backend: None,
+    tmp_path: Path,
+    init_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(tmp_path, init_file) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: unexpected RuntimeError: a bug spread over two lines "
+        "(run with --debug for the details)"
+    ]
+
+
+def test_debug_shows_the_traceback_of_an_unexpected_error(
+    broken_backend: None,
+    tmp_path: Path,
+    init_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(tmp_path, init_file, "--debug") == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "failing_backend" in err
+    assert err.splitlines()[-1].startswith("error: unexpected RuntimeError: a bug")
+
+
+def test_help_lists_the_allowed_values_and_cites_only_files_in_the_repository(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli_module.main(["generate", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert f"one of: {', '.join(map(str, STEP_CHOICES))}" in text
+    assert f"one of: {', '.join(SCHEDULERS)}" in text and len(SCHEDULERS) == 15
+    assert f"one of: {', '.join(SAFETY_CHECKER_TYPES)}" in text
+    assert text.count(f"{MIN_SIDE}..{MAX_SIDE}; a multiple of 8") == 2  # width and height
+    assert "--out DIR a writable folder" in text and "--debug" in text
+    assert "CONTRACT" not in text
+    cited = re.findall(r"[\w./-]+\.md", text)
+    assert cited and all((ROOT / path).is_file() for path in cited), cited

@@ -43,12 +43,14 @@ def test_local_generation_writes_images_and_prints_the_result(
 ) -> None:
     init = tmp_path / "in.png"
     init.write_bytes(png_bytes(gradient_image(96, 64)))
+    prompt = "a red fox, " + ", ".join(["in the deep snow at dawn"] * 20)  # over 77 tokens
     run = generate(
         models, tmp_path,
-        "--init-image", str(init), "--prompt", "a red fox", "--width", "64", "--height", "64",
+        "--init-image", str(init), "--prompt", prompt, "--width", "64", "--height", "64",
         "--strength", "0.3", "--samples", "2", "--seed", "4", "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
+    assert [line for line in run.stderr.splitlines() if not line.startswith("[")] == []
     result = json.loads(run.stdout)
     assert result["status"] == "success" and result["meta"]["seed"] == [4, 5]
     assert len(result["output"]) == 2
@@ -78,3 +80,20 @@ def test_a_backend_that_cannot_run_exits_1(models: TinyModels, tmp_path: Path) -
     )
     assert run.returncode == 1
     assert "CUDA" in run.stderr
+
+
+def test_a_hub_id_the_hub_cannot_serve_fails_in_one_line(
+    models: TinyModels, tmp_path: Path
+) -> None:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text('[models.remote]\nsource = "tiny-org/not-downloaded"\n')
+    init = tmp_path / "in.png"
+    init.write_bytes(png_bytes(gradient_image(96, 64)))
+    run = generate(
+        models, tmp_path, "--init-image", str(init), "--prompt", "x",
+        IMG2IMG_MODELS=str(models_file), HF_HOME=str(tmp_path / "hf-home"),
+    )  # fmt: skip
+    assert run.returncode == 1 and run.stdout == ""
+    [error] = [line for line in run.stderr.splitlines() if not line.startswith("[")]
+    assert error.startswith("error: Model 'remote' cannot be loaded: HF_HUB_OFFLINE is on")
+    assert "local diffusers folder or a .safetensors file" in error

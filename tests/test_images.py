@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from aiohttp import web
-from PIL import ExifTags, Image, ImageDraw, ImageOps
+from PIL import ExifTags, Image, ImageDraw, ImageOps, PngImagePlugin
 from skimage import data as samples
 
 from inference.errors import BackendError, BackendTimeout, InvalidImage, InvalidRequest
@@ -43,7 +43,7 @@ from inference.images import (
 from inference.images.urls import PinnedTarget, pin
 from inference.request import Img2ImgRequest
 from inference.result import effective_meta
-from inference.settings import InferenceSettings
+from inference.settings import InferenceSettings, IngestSettings
 
 PUBLIC_IP = "93.184.215.14"  # a globally routable literal: no DNS lookup, never contacted
 
@@ -236,6 +236,41 @@ def test_exif_orientation_6_turns_the_photo_clockwise() -> None:
     assert np.abs(turned[:40, -40:] - photo("coffee")[:40, :40].swapaxes(0, 1)[:, ::-1]).mean() < 6
     wrong_way = np.rot90(photo("coffee"), k=1).astype(np.int16)
     assert np.abs(turned - wrong_way).mean() > 20
+
+
+def png_with(pnginfo: PngImagePlugin.PngInfo | None = None, icc: bytes | None = None) -> bytes:
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {"pnginfo": pnginfo} if pnginfo else {}
+    if icc is not None:
+        options["icc_profile"] = icc
+    Image.new("RGB", (16, 16), (200, 40, 10)).save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def test_a_corrupt_exif_block_is_skipped_and_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", "\nexif\n      10\nnot hex at all\n")
+    data = png_with(pnginfo=info)
+    with caplog.at_level("DEBUG", logger="inference.images"):
+        image = decode_image(data)
+        assert read_parameters(data) is None
+    assert image.size == (16, 16) and image.getpixel((0, 0)) == (200, 40, 10)
+    skipped = [r for r in caplog.records if r.name.startswith("inference.images")]
+    assert [r.levelname for r in skipped] == ["DEBUG", "DEBUG"]
+    assert "EXIF orientation not applied" in skipped[0].getMessage()
+    assert "no parameters text read" in skipped[1].getMessage()
+    assert all("non-hexadecimal" in r.getMessage() for r in skipped)  # what went wrong
+
+
+def test_an_unreadable_colour_profile_is_skipped_and_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("DEBUG", logger="inference.images.decode"):
+        image = decode_image(png_with(icc=b"not a colour profile"))
+    assert image.getpixel((0, 0)) == (200, 40, 10)
+    assert "ICC profile not applied" in caplog.text
 
 
 def test_16bit_gradient_survives_instead_of_clipping_to_white() -> None:
@@ -570,7 +605,7 @@ def loopback_settings(**overrides: Any) -> InferenceSettings:
         "max_image_bytes": 256 * 1024,
         "fetch_timeout": 5.0,
     }
-    return InferenceSettings(**(values | overrides))
+    return InferenceSettings(ingest=IngestSettings(**(values | overrides)))
 
 
 async def test_fetch_downloads_an_image_and_follows_a_redirect(server: LoopbackServer) -> None:
@@ -659,7 +694,8 @@ def mock_client(
 
 
 def public_settings() -> InferenceSettings:
-    return InferenceSettings(allow_private_urls=False, max_image_bytes=64 * 1024, fetch_timeout=5)
+    ingest = IngestSettings(allow_private_urls=False, max_image_bytes=64 * 1024, fetch_timeout=5)
+    return InferenceSettings(ingest=ingest)
 
 
 def redirect_to(location: str) -> Callable[[httpx.Request], httpx.Response]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import FairQueue, QueueLimits, QueueRefused
+from bot.jobs import FairQueue, QueueLimits, QueueRefused, UnexpectedFailure
+from bot.messages import describe_error
 from bot.store import GuildPolicy, JobRecord, JobStore
 from inference import (
     BackendError,
@@ -19,6 +20,7 @@ from inference import (
     Img2ImgRequest,
     Img2ImgResult,
     InferenceError,
+    InvalidRequest,
     Job,
     ProgressEvent,
 )
@@ -247,6 +249,50 @@ async def test_failures_are_stored_and_reported(store: JobStore) -> None:
     assert "job bug" in str(error) and "boom" not in str(error)
     stored = await store.get("f")
     assert stored is not None and stored.status == "failed" and stored.error == "The API is down."
+
+
+def wrapped(cause: Exception) -> BackendError:
+    """A typed error raised from an untyped one, as the local backend's engine reports a crash."""
+    error = BackendError(f"Image generation failed: {cause}")
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize("raised", ["untyped", "typed from untyped"])
+async def test_an_unexpected_failure_shows_an_error_id_and_logs_the_details(
+    store: JobStore, caplog: pytest.LogCaptureFixture, raised: str
+) -> None:
+    secret = "/secret/path/model.bin: CUDA error"
+    backend = GatedBackend(capacity=1)
+    crash = RuntimeError(secret)
+    backend.fail["crash"] = crash if raised == "untyped" else wrapped(crash)
+    queue = FairQueue(backend, store, QueueLimits())
+    recorder = Recorder()
+    await queue.submit(record("crash", 1), recorder)
+    backend.gates.setdefault("crash", asyncio.Event()).set()
+    error = await asyncio.wait_for(recorder.outcome, 5)
+    assert isinstance(error, UnexpectedFailure)
+    shown = describe_error(error)
+    assert "/secret" not in shown and f"`{error.error_id}`" in shown
+    stored = await store.get("crash")
+    assert stored is not None and stored.status == "failed" and stored.error is not None
+    assert "/secret" not in stored.error and error.error_id in stored.error
+    logged = [r for r in caplog.records if error.error_id in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelname == "ERROR"
+    assert "job crash" in logged[0].getMessage() and secret in caplog.text
+    assert logged[0].exc_info is not None  # the traceback, causes included
+
+
+async def test_a_typed_failure_with_a_typed_cause_is_shown_as_it_is(store: JobStore) -> None:
+    backend = GatedBackend(capacity=1)
+    refusal = BackendError("The API refused the prompt.")
+    refusal.__cause__ = InvalidRequest("bad prompt")
+    backend.fail["t"] = refusal
+    queue = FairQueue(backend, store, QueueLimits())
+    recorder = Recorder()
+    await queue.submit(record("t", 1), recorder)
+    backend.gates.setdefault("t", asyncio.Event()).set()
+    assert await asyncio.wait_for(recorder.outcome, 5) is refusal
 
 
 async def test_restart_resumes_unfinished_jobs(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from inference.local.backend import LocalBackend
 from inference.local.registry import ModelRegistry
 from inference.port import CancelToken, Job, ProgressEvent
 from inference.request import Img2ImgRequest
-from inference.settings import InferenceSettings
+from inference.settings import InferenceSettings, LocalSettings
 from inference.webhooks import WebhookSender
 
 torch.set_num_threads(1)
@@ -370,10 +370,9 @@ def test_unknown_dtypes_are_refused(models: TinyModels) -> None:
 
 
 def test_from_settings(models: TinyModels, tmp_path: Path) -> None:
-    settings = InferenceSettings(
-        models_file=models.models_file, batch_size=3, pipeline_cache=1, device="cpu"
-    )
-    backend = LocalBackend.from_settings(settings)
+    local = LocalSettings(batch_size=3, pipeline_cache=1, device="cpu")
+    settings = InferenceSettings(models_file=models.models_file, local=local)
+    backend = LocalBackend.from_settings(settings, detector=FakeDetector(score=0.0))
     assert backend.capacity == 3 and backend.name == "local"
     assert backend.registry.default_model == "tiny"
     asyncio.run(backend.aclose())

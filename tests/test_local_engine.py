@@ -239,20 +239,6 @@ def test_tomesd_is_reproducible(engine: Engine, registry: ModelRegistry) -> None
     assert np.array_equal(first, again)
 
 
-def test_tomesd_max_downsample_is_configurable(engine: Engine, registry: ModelRegistry) -> None:
-    # the tiny UNet has attention at downsample 1 (its first block) and 2 (its mid block)
-    (level_1,) = generate(engine, registry, tomesd="yes", seed=13)
-    deeper = Engine(device="cpu", batch_size=4, cache_size=1, tome_max_downsample=2)
-    try:
-        (level_2,) = generate(deeper, registry, tomesd="yes", seed=13)
-        (off,) = generate(deeper, registry, tomesd="no", seed=13)
-    finally:
-        deeper.close()
-    (off_here,) = generate(engine, registry, tomesd="no", seed=13)
-    assert differ(level_1, level_2) > 0.1
-    assert np.array_equal(off, off_here)
-
-
 # -- other models -------------------------------------------------------------------------------
 
 

@@ -166,6 +166,21 @@ def test_a_lora_for_another_architecture_is_refused(models_dir: Path) -> None:
         ("", "defines no models"),
         ('[models.a]\nsource = "sd15"\n[extra]\n', "unknown top-level key"),
         ("[models.a\n", "cannot be read"),
+        (
+            '[models.a]\nsource = "sd15"\ntomesd_ratio = 0.9\n',
+            "tomesd_ratio must be a number from 0",
+        ),
+        ('[models.a]\nsource = "sd15"\ntomesd_ratio = -0.1\n', "from 0 to 0.75"),
+        ('[models.a]\nsource = "sd15"\ntomesd_ratio = "half"\n', "not 'half'"),
+        ('[models.a]\nsource = "sd15"\ntomesd_ratio = true\n', "not True"),
+        ('[models.a]\nsource = "sd15"\ntomesd_ratio = nan\n', "not nan"),
+        ('[models.a]\nsource = "sd15"\ntomesd_max_downsample = 3\n', "one of 1, 2, 4, 8"),
+        ('[models.a]\nsource = "sd15"\ntomesd_max_downsample = 2.0\n', "not 2.0"),
+        ('[models.a]\nsource = "sd15"\ntomesd = 0.5\n', "unknown key(s) ['tomesd']"),
+        (
+            '[vaes.v]\nsource = "sd15"\ntomesd_ratio = 0.5\n[models.a]\nsource = "sd15"\n',
+            "[vaes.v] unknown key(s) ['tomesd_ratio']",  # ToMe is per model
+        ),
     ],
 )
 def test_mistakes_in_the_models_file_are_explained(
@@ -174,6 +189,28 @@ def test_mistakes_in_the_models_file_are_explained(
     with pytest.raises(ModelsFileError) as caught:
         ModelRegistry.load(write(models_dir, text))
     assert message in str(caught.value)
+
+
+def test_a_models_file_error_names_the_file_and_the_entry(models_dir: Path) -> None:
+    text = '[models.pony]\nsource = "pony.safetensors"\nconfig = "xl"\ntomesd_ratio = 1\n'
+    path = write(models_dir, text)
+    with pytest.raises(ModelsFileError) as caught:
+        ModelRegistry.load(path)
+    assert str(caught.value).startswith(f"{path}: [models.pony] tomesd_ratio must be")
+
+
+def test_tome_settings_per_model_are_read(models_dir: Path) -> None:
+    text = (
+        GOOD
+        + '[models.pony-fast]\nsource = "pony.safetensors"\nconfig = "xl"\n'
+        + "tomesd_ratio = 0.6\ntomesd_max_downsample = 4\n"
+        + '[models.sd15-off]\nsource = "sd15"\ntomesd_ratio = 0\n'
+    )
+    registry = ModelRegistry.load(write(models_dir, text))
+    tome = {name: (m.tome.ratio, m.tome.max_downsample) for name, m in registry.models.items()}
+    assert tome["pony-fast"] == (0.6, 4)
+    assert tome["sd15-off"] == (0.0, None)
+    assert tome["pony"] == (None, None)  # the defaults: see inference.local.tome
 
 
 def test_a_missing_models_file_says_how_to_fix_it(tmp_path: Path) -> None:

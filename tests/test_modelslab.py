@@ -9,11 +9,12 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from modelslab_fake import API_KEY, FakeModelsLab, Reply, png_bytes
+from modelslab_fake import API_KEY, SUBMIT_PATHS, FakeModelsLab, Reply, png_bytes
 from PIL import Image
 from pydantic import SecretStr
 from webhook_receiver import LoopbackReceiver, LoopbackTransport, output_images
@@ -28,6 +29,7 @@ from inference import (
     Job,
     ProgressEvent,
 )
+from inference.models_file import ModelsFileError
 from inference.modelslab.backend import ModelsLabBackend
 from inference.modelslab.client import RetryPolicy
 from inference.modelslab.endpoints import ApiPaths, EndpointPool
@@ -35,7 +37,7 @@ from inference.modelslab.polling import PollPolicy
 from inference.modelslab.responses import parse_body
 from inference.modelslab.webhook import WebhookReceiver, parse_listen
 from inference.request import Img2ImgRequest
-from inference.settings import InferenceSettings
+from inference.settings import InferenceSettings, ModelsLabSettings
 from inference.webhooks import WebhookSender
 
 INIT = png_bytes(96, 64, (200, 40, 30))
@@ -43,6 +45,7 @@ INVERTED = (55, 215, 225)
 FAST_RETRY = RetryPolicy(base_delay=0.01, max_delay=0.05, jitter=0.1, max_retries=3)
 FAST_POLL = PollPolicy(min_delay=0.01, first_backoff=0.02, factor=1.5, max_delay=0.1)
 PATIENT_POLL = PollPolicy(min_delay=0.01, first_backoff=1.0, max_delay=60.0)
+SUBMIT_PATH = SUBMIT_PATHS[0]
 
 
 class FakeDetector:
@@ -156,12 +159,45 @@ async def test_size_follows_the_init_image_when_not_given(fake: FakeModelsLab) -
     assert body is not None and (body["width"], body["height"]) == (512, 344)
 
 
-async def test_an_init_image_url_is_sent_as_url(fake: FakeModelsLab) -> None:
-    url = fake.add_input(INIT)
+async def test_an_init_image_url_is_not_sent_its_bytes_are(fake: FakeModelsLab) -> None:
+    url = fake.add_input(png_bytes(96, 64, (0, 0, 0)))  # the link serves another image
     result = await run(make_backend(fake), make_job(init_image=url))
     body = fake.submits[0].body
-    assert body is not None and body["init_image"] == url and "base64" not in body
+    assert body is not None and body["base64"] == "yes" and url not in str(body)
+    assert base64.b64decode(body["init_image"]) == INIT
     assert close_to(pixel(result.images[0].data, (10, 10)), INVERTED)
+
+
+async def test_a_resumed_job_runs_after_its_link_expired(fake: FakeModelsLab) -> None:
+    url = fake.add_input(INIT, "attachment.png")
+    stored = make_job(init_image=url).model_dump_json()  # as the job store and queue keep it
+    fake.inputs.clear()  # the signed CDN link has expired by the time the job resumes
+    resumed = Job.model_validate_json(stored, context={"allow_private_urls": True})
+    result = await run(make_backend(fake), resumed)
+    assert result.status == "success" and len(fake.submits) == 1
+    assert close_to(pixel(result.images[0].data, (10, 10)), INVERTED)
+
+
+async def test_the_fake_refuses_an_expired_link(fake: FakeModelsLab) -> None:
+    """The check above can fail: the fake answers an unreachable URL as an error."""
+    async with httpx.AsyncClient() as client:
+        body = {"key": API_KEY, "prompt": "x", "init_image": f"{fake.base_url}/inputs/gone.png"}
+        answer = (await client.post(fake.base_url + SUBMIT_PATH, json=body)).json()
+    assert answer["status"] == "error" and fake.jobs == {}
+
+
+async def test_fewer_images_than_samples_are_returned_with_a_note(fake: FakeModelsLab) -> None:
+    fake.returned = 1
+    result = await run(make_backend(fake), make_job(samples=3, seed=5))
+    assert result.status == "success" and len(result.images) == 1
+    assert result.message == "ModelsLab returned 1 of the 3 images requested."
+    assert result.meta["samples"] == 3 and result.seeds == [5]
+    assert result.model_dump(mode="json")["message"] == result.message
+
+
+async def test_all_samples_returned_have_no_note(fake: FakeModelsLab) -> None:
+    result = await run(make_backend(fake), make_job(samples=2))
+    assert len(result.images) == 2 and result.message is None
 
 
 async def test_a_webp_init_image_is_uploaded_as_png(fake: FakeModelsLab) -> None:
@@ -520,14 +556,12 @@ async def test_keys_and_origins_are_spread_round_robin(fake: FakeModelsLab) -> N
 
 
 def test_settings_build_the_pool_paths_and_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = InferenceSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        MODELSLAB_API_KEY="sk-a",
-        MODELSLAB_API_KEYS="sk-b, sk-a",
-        MODELSLAB_BASE_URLS="http://one.test,http://two.test",
-        MODELSLAB_IMG2IMG_PATH="/api/v6/images/img2img",
-        MODELSLAB_MAX_IN_FLIGHT=7,
-    )
+    monkeypatch.delenv("MODELSLAB_API_KEY", raising=False)
+    monkeypatch.setenv("MODELSLAB_API_KEYS", "sk-a, sk-b, sk-a")  # the plural is an alias
+    monkeypatch.setenv("MODELSLAB_BASE_URL", "http://one.test,http://two.test")  # a list too
+    monkeypatch.setenv("MODELSLAB_IMG2IMG_PATH", "/api/v6/images/img2img")
+    monkeypatch.setenv("MODELSLAB_MAX_IN_FLIGHT", "7")
+    settings = InferenceSettings.from_env()
     backend = ModelsLabBackend.from_settings(settings, detector=FakeDetector())
     assert backend.capacity == 7 and backend.name == "modelslab"
     endpoints = [backend._pool.next() for _ in range(4)]
@@ -537,6 +571,49 @@ def test_settings_build_the_pool_paths_and_bound(monkeypatch: pytest.MonkeyPatch
     ] * 2
     assert backend._paths.fetch_template() == "/api/v6/images/fetch/{id}"
     assert "sk-a" not in repr(endpoints) and "sk-b" not in repr(backend.__dict__)
+
+
+# -- the models file's default model ------------------------------------------------------------
+
+
+def settings_for(fake: FakeModelsLab, models_file: Path) -> InferenceSettings:
+    lab = ModelsLabSettings(api_keys=API_KEY, base_urls=fake.base_url)
+    return InferenceSettings(modelslab=lab, models_file=models_file)
+
+
+@pytest.mark.parametrize(
+    ("file_text", "model_id", "sent", "shown"),
+    [
+        ('default_model = "pony-v6"\n', None, "pony-v6", "pony-v6"),
+        ('default_model = "pony-v6"\n', "mine", "mine", "mine"),
+        ("[models.a]\nsource = 'x'\n", None, None, "ponyDiffusionV6XL"),  # no default
+        (None, None, None, "ponyDiffusionV6XL"),  # no file: the endpoint's own model
+    ],
+)
+async def test_a_null_model_id_is_the_models_files_default(
+    fake: FakeModelsLab,
+    tmp_path: Path,
+    file_text: str | None,
+    model_id: str | None,
+    sent: str | None,
+    shown: str,
+) -> None:
+    models_file = tmp_path / "models.toml"
+    if file_text is not None:
+        models_file.write_text(file_text, encoding="utf-8")
+    settings = settings_for(fake, models_file)
+    backend = ModelsLabBackend.from_settings(settings, detector=FakeDetector(), retry=FAST_RETRY)
+    result = await run(backend, make_job(model_id=model_id))
+    body = fake.submits[0].body
+    assert body is not None and body.get("model_id") == sent
+    assert result.meta["model_id"] == shown
+
+
+def test_a_broken_models_file_is_refused(fake: FakeModelsLab, tmp_path: Path) -> None:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text("default_model = [", encoding="utf-8")
+    with pytest.raises(ModelsFileError, match="cannot be read"):
+        ModelsLabBackend.from_settings(settings_for(fake, models_file), detector=FakeDetector())
 
 
 # -- webhook --------------------------------------------------------------------------------------
@@ -623,12 +700,8 @@ async def test_the_key_is_in_no_log_line_exception_or_result(
     caplog.set_level(logging.DEBUG)
     fake.polls = 2
     fake.script("img2img", Reply(200, RATE_LIMITED))
-    settings = InferenceSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        MODELSLAB_API_KEY=API_KEY,
-        MODELSLAB_BASE_URL=fake.base_url,
-        IMG2IMG_NSFW_THRESHOLD=0.5,
-    )
+    lab = ModelsLabSettings(api_keys=API_KEY, base_urls=fake.base_url)
+    settings = InferenceSettings(modelslab=lab, nsfw_threshold=0.5)
     backend = ModelsLabBackend.from_settings(
         settings, detector=FakeDetector(), retry=FAST_RETRY, poll=FAST_POLL
     )

@@ -14,7 +14,7 @@ from inference import Img2ImgRequest
 from inference.images import read_parameters
 from inference.postprocess import finish_images
 from inference.result import effective_meta
-from inference.safety import get_default_detector
+from inference.safety import OpenNsfwDetector
 
 
 class FixedScores:
@@ -86,7 +86,7 @@ def test_backend_flags_are_censored_even_when_the_detector_passes() -> None:
 
 def test_the_real_detector_passes_benign_photos() -> None:
     request = Img2ImgRequest(prompt="cat", samples=3)
-    finished = run(request, get_default_detector())
+    finished = run(request, OpenNsfwDetector())
     assert [f.nsfw for f in finished] == [False, False, False]
 
 

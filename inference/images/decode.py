@@ -10,6 +10,7 @@ silently padded with grey.
 from __future__ import annotations
 
 import io
+import logging
 import re
 from typing import Any
 
@@ -36,6 +37,8 @@ _ACCEPTED_TEXT = "Use a PNG, JPEG, WEBP, GIF, BMP or TIFF image."
 _PILLOW_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG also opens MPO
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+
+log = logging.getLogger(__name__)
 
 
 # -- recognising files ------------------------------------------------------------------------
@@ -111,7 +114,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise InvalidImage(_broken_message(exc, data, kind)) from None
     try:
         return _to_rgb(_oriented(image))
-    except Exception:
+    except Exception as exc:
+        log.debug("%s image in mode %s not converted to RGB: %r", kind, image.mode, exc)
         raise InvalidImage(
             f"This {kind} image uses a colour format we cannot convert; re-save it as an "
             "ordinary RGB PNG or JPEG."
@@ -151,6 +155,7 @@ def _too_many_pixels_message(exc: Exception, max_pixels: int) -> str:
 
 
 def _broken_message(exc: Exception, data: bytes, kind: str) -> str:
+    log.debug("%s image (%d bytes) refused as broken: %r", kind, len(data), exc)
     truncated = "truncated" in str(exc) or isinstance(exc, EOFError)
     if kind == "WEBP" and len(data) >= 8:
         truncated = truncated or int.from_bytes(data[4:8], "little") + 8 > len(data)
@@ -169,7 +174,8 @@ def _oriented(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
     try:
         return ImageOps.exif_transpose(image)
-    except Exception:
+    except Exception as exc:
+        log.debug("EXIF orientation not applied, the image is used as stored: %r", exc)
         return image
 
 
@@ -227,7 +233,8 @@ def _icc_to_srgb(image: Image.Image, icc: Any) -> Image.Image | None:
         return ImageCms.profileToProfile(
             image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
         )
-    except Exception:
+    except Exception as exc:
+        log.debug("ICC profile not applied, the colours are used as stored: %r", exc)
         return None
 
 

@@ -58,13 +58,13 @@ async def fetch_image(
 ) -> bytes:
     """Download a user-supplied image URL; raises `InvalidImage` with a message for the user.
 
-    At most `settings.max_image_bytes`, all within `settings.fetch_timeout` seconds, up to 5
-    redirects. Unless `settings.allow_private_urls`, every hop must resolve to public addresses
+    At most `ingest.max_image_bytes` of `settings`, all within `ingest.fetch_timeout` seconds, up
+    to 5 redirects. Unless `ingest.allow_private_urls`, every hop must resolve to public addresses
     only. The answer must look like an image (content type image/*, octet-stream or none, and
     the magic number of an accepted format). Messages show URLs without their query string.
     """
     settings = settings if settings is not None else InferenceSettings()
-    allow_private = settings.allow_private_urls
+    allow_private = settings.ingest.allow_private_urls
 
     async def check_hop(target: httpx.URL, hop: int) -> str | None:
         field = "The image URL" if hop == 0 else "The redirect target"
@@ -91,8 +91,8 @@ async def fetch_image(
     return await _download(
         url,
         policy,
-        max_bytes=settings.max_image_bytes,
-        limit_s=settings.fetch_timeout,
+        max_bytes=settings.ingest.max_image_bytes,
+        limit_s=settings.ingest.fetch_timeout,
         client=client,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from typing import Any
 
 from PIL import ExifTags, Image
@@ -13,6 +14,8 @@ from inference.images.decode import _PILLOW_FORMATS
 __all__ = ["format_parameters", "read_parameters"]
 
 _USER_COMMENT = ExifTags.Base.UserComment
+
+log = logging.getLogger(__name__)
 
 
 def format_parameters(meta: dict[str, Any], *, seed: int | None = None) -> str:
@@ -83,7 +86,8 @@ def read_parameters(data: bytes) -> str | None:
             comment = image.info.get("comment")
             if isinstance(comment, bytes) and comment:
                 return comment.decode("utf-8", errors="replace")
-    except Exception:
+    except Exception as exc:
+        log.debug("no parameters text read, the file or its metadata is unreadable: %r", exc)
         return None
     return None
 

@@ -65,8 +65,6 @@ class LocalBackend:
         threshold: float | None = None,
         enhancer: PromptEnhancer | None = None,
         prompt_model: str | None = None,
-        tome_ratio: float = 0.5,
-        tome_max_downsample: int = 1,
         dtype: str | None = None,
         oom_hook: Callable[[int], None] | None = None,
         webhooks: WebhookSender | None = None,
@@ -97,8 +95,6 @@ class LocalBackend:
             "dtype": dtype,
             "batch_size": batch_size,
             "cache_size": cache_size,
-            "tome_ratio": tome_ratio,
-            "tome_max_downsample": tome_max_downsample,
             "enhancer": enhancer,
             "oom_hook": oom_hook,
         }
@@ -110,21 +106,19 @@ class LocalBackend:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: InferenceSettings) -> LocalBackend:
-        from inference.safety import get_default_detector, threshold_from
+    def from_settings(cls, settings: InferenceSettings, *, detector: NsfwDetector) -> LocalBackend:
+        """Build from the settings, with the detector that the composition root made."""
+        from inference.safety import threshold_from
 
-        detector = get_default_detector()
         return cls(
             ModelRegistry.load(settings.models_file),
-            device=settings.device,
-            batch_size=settings.batch_size,
-            cache_size=settings.pipeline_cache,
+            device=settings.local.device,
+            batch_size=settings.local.batch_size,
+            cache_size=settings.local.pipeline_cache,
             detector=detector,
             threshold=threshold_from(settings, detector),
-            prompt_model=settings.prompt_model,
-            tome_ratio=settings.tomesd_ratio,
-            tome_max_downsample=settings.tomesd_max_downsample,
-            allow_private_urls=settings.allow_private_urls,
+            prompt_model=settings.local.prompt_model,
+            allow_private_urls=settings.ingest.allow_private_urls,
         )
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 from inference.errors import InvalidRequest
 from inference.local.loading import LoadedModel
 from inference.local.registry import LoraEntry, VaeEntry
+from inference.local.tome import ToMeOptions, resolve_tome
 
 __all__ = ["MAX_LOADED_LORAS", "apply_loras", "apply_tome", "apply_vae"]
 
@@ -88,8 +89,8 @@ def _trim_loras(model: LoadedModel, keep: set[str]) -> None:
             del model.loras[name]
 
 
-def apply_tome(model: LoadedModel, enabled: bool, *, ratio: float, max_downsample: int) -> None:
-    """Patch the UNet with ToMe (deterministic: no random dst selection) or remove the patch.
+def apply_tome(model: LoadedModel, enabled: bool, options: ToMeOptions) -> None:
+    """Patch the UNet with ToMe at the model's settings (`inference.local.tome`) or remove it.
 
     `use_rand=False`: ToMe's random choice draws from a generator copied off the global RNG, so
     the same seed could give different images; without it a job's output is reproducible and
@@ -97,11 +98,13 @@ def apply_tome(model: LoadedModel, enabled: bool, *, ratio: float, max_downsampl
     """
     import tomesd
 
-    wanted = (ratio, max_downsample) if enabled and ratio > 0 else None
+    ratio, level = resolve_tome(options, model.arch, model.pipe.unet.config)
+    wanted = (ratio, level) if enabled and ratio > 0 else None
     if wanted == model.tome:
         return
     if wanted is None:
         tomesd.remove_patch(model.pipe)
     else:
-        tomesd.apply_patch(model.pipe, ratio=ratio, max_downsample=max_downsample, use_rand=False)
+        tomesd.apply_patch(model.pipe, ratio=ratio, max_downsample=level, use_rand=False)
+        log.info("ToMe on %s: ratio %s, max_downsample %s", model.name, ratio, level)
     model.tome = wanted

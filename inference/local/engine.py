@@ -23,6 +23,7 @@ from inference.errors import BackendError, Cancelled, InferenceError
 from inference.local import components
 from inference.local.batcher import BatchKey, Outcome, WorkItem
 from inference.local.enhance import PromptEnhancer, TemplateEnhancer, prompt_arch
+from inference.local.failures import GENERATION_FAILED, unexpected_failure
 from inference.local.loading import (
     LoadedModel,
     PipelineCache,
@@ -65,16 +66,12 @@ class Engine:
         dtype: torch.dtype | None = None,
         batch_size: int = 4,
         cache_size: int = 2,
-        tome_ratio: float = 0.5,
-        tome_max_downsample: int = 1,
         enhancer: PromptEnhancer | None = None,
         oom_hook: OomHook | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.batch_size = batch_size
-        self.tome_ratio = tome_ratio
-        self.tome_max_downsample = tome_max_downsample
         self.enhancer = enhancer or TemplateEnhancer()
         self.oom_hook = oom_hook
         self.cache = PipelineCache(
@@ -97,8 +94,7 @@ class Engine:
                 item.on_done(Cancelled("The job was cancelled.") if item.cancelled else exc)
             return
         except Exception as exc:
-            log.exception("batch failed")
-            error = BackendError(f"Image generation failed: {type(exc).__name__}: {exc}")
+            error = unexpected_failure(exc, [item.job_id for item in live], GENERATION_FAILED)
             for item in live:
                 item.on_done(error)
             return
@@ -152,12 +148,7 @@ class Engine:
             lambda entry: load_vae(entry, device=self.device, dtype=self.dtype),
         )
         components.apply_loras(model, item.selection.loras)
-        components.apply_tome(
-            model,
-            item.key.tomesd,
-            ratio=self.tome_ratio,
-            max_downsample=self.tome_max_downsample,
-        )
+        components.apply_tome(model, item.key.tomesd, item.selection.model.tome)
 
     def _prompt(self, item: WorkItem, model: LoadedModel) -> str:
         if item.request.enhance_prompt != "yes":

@@ -1,7 +1,9 @@
 """Loading pipelines and VAEs from registry entries, and the bounded LRU cache of loaded models.
 
 Hub ids, local diffusers folders and single `.safetensors` files (with a local config folder) all
-go through diffusers' own loaders; with HF_HUB_OFFLINE=1 a hub id loads from the local cache only.
+go through diffusers' own loaders. A hub id loads from the local cache only with HF_HUB_OFFLINE=1 or
+when the hub cannot be reached (`inference.local.hub`), and fails at once, saying how to fix it,
+when it is not cached.
 fp16 on CUDA, fp32 on CPU. SD pipelines load without diffusers' safety checker: detection runs in
 `inference.postprocess` for every backend alike.
 """
@@ -18,6 +20,8 @@ from typing import Any, cast
 import torch
 
 from inference.errors import BackendError, BackendUnavailable
+from inference.local.hub import cache_only, hub_repo
+from inference.local.quiet import silence_known_noise
 from inference.local.registry import Arch, ModelEntry, Source, VaeEntry
 
 __all__ = [
@@ -77,6 +81,7 @@ def _dtype_option(dtype: torch.dtype) -> dict[str, Any]:
 
 
 def _quiet_loading() -> None:
+    silence_known_noise()  # before diffusers imports its pipelines
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -90,21 +95,30 @@ def _pipeline_class(arch: Arch) -> Any:
     return StableDiffusionXLImg2ImgPipeline if arch == "sdxl" else StableDiffusionImg2ImgPipeline
 
 
-def _hub_arch(location: str) -> Arch:
+def _hub_arch(location: str, hub: dict[str, Any]) -> Arch:
     from diffusers import DiffusionPipeline
 
-    config = DiffusionPipeline.load_config(location)
+    config = DiffusionPipeline.load_config(location, **hub)
     return "sdxl" if "XL" in str(config.get("_class_name", "")) else "sd"
+
+
+def _hub_options(source: Source, filename: str, what: str) -> dict[str, Any]:
+    """`local_files_only` for a hub id the hub cannot serve now (see `inference.local.hub`)."""
+    repo = hub_repo(source)
+    if repo is None:
+        return {}
+    return {"local_files_only": True} if cache_only(repo, filename, what=what) else {}
 
 
 def load_model(entry: ModelEntry, *, device: str, dtype: torch.dtype) -> LoadedModel:
     """Load `entry` onto `device`; `BackendUnavailable`/`BackendError` say what went wrong."""
     source = entry.source
     _quiet_loading()
+    hub = _hub_options(source, "model_index.json", f"Model {entry.name!r}")
     try:
-        arch = entry.arch or _hub_arch(source.location)
+        arch = entry.arch or _hub_arch(source.location, hub)
         cls = _pipeline_class(arch)
-        extra: dict[str, Any] = _dtype_option(dtype)
+        extra: dict[str, Any] = {**_dtype_option(dtype), **hub}
         if arch == "sd":
             extra.update(safety_checker=None, requires_safety_checker=False)
         if source.kind == "file":
@@ -132,14 +146,15 @@ def load_vae(entry: VaeEntry, *, device: str, dtype: torch.dtype) -> Any:
 
     autoencoder: Any = _AutoencoderKL
     source: Source = entry.source
+    _quiet_loading()
+    config = f"{source.subfolder}/config.json" if source.subfolder else "config.json"
+    options = {**_dtype_option(dtype), **_hub_options(source, config, f"VAE {entry.name!r}")}
     try:
         if source.kind == "file":
-            vae = autoencoder.from_single_file(
-                source.location, config=source.config, **_dtype_option(dtype)
-            )
+            vae = autoencoder.from_single_file(source.location, config=source.config, **options)
         else:
-            options = {"subfolder": source.subfolder} if source.subfolder else {}
-            options.update(_dtype_option(dtype))
+            if source.subfolder:
+                options["subfolder"] = source.subfolder
             vae = autoencoder.from_pretrained(source.location, **options)
     except OSError as exc:
         raise BackendUnavailable(f"VAE {entry.name!r} could not be loaded: {exc}") from exc
@@ -160,6 +175,7 @@ def freeze_imports() -> None:
     global _imports_frozen
     if _imports_frozen:
         return
+    _quiet_loading()
     _pipeline_class("sd")
     _pipeline_class("sdxl")
     gc.freeze()

@@ -13,11 +13,12 @@ import json
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from inference.errors import InvalidRequest
+from inference.local.tome import TOME_KEYS, ToMeOptions, parse_tome_options
 from inference.models_file import ModelsFile, ModelsFileError, read_models_file
 from inference.request import Img2ImgRequest
 
@@ -40,7 +41,7 @@ SourceKind = Literal["hub", "folder", "file"]
 _ARCHES: tuple[str, ...] = ("sd", "sdxl")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KEYS = {
-    "models": {"source", "arch", "config"},
+    "models": {"source", "arch", "config", *TOME_KEYS},
     "vaes": {"source", "config", "subfolder"},
     "loras": {"source", "arch", "weight_name"},
 }
@@ -66,6 +67,7 @@ class ModelEntry:
     name: str
     source: Source
     arch: Arch | None  # None: a hub id whose architecture is read when it loads
+    tome: ToMeOptions = field(default_factory=ToMeOptions)  # see `inference.local.tome`
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,11 @@ class _EntryParser:
         self._check_keys("models", name, table)
         source = self._source("models", name, table)
         arch = self._arch("models", name, table) or detect_arch(source)
-        return ModelEntry(name=name, source=source, arch=arch)
+        try:
+            tome = parse_tome_options(table)
+        except ValueError as exc:
+            raise self._error("models", name, str(exc)) from None
+        return ModelEntry(name=name, source=source, arch=arch, tome=tome)
 
     def vae(self, name: str, table: dict[str, Any]) -> VaeEntry:
         self._check_keys("vaes", name, table)

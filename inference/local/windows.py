@@ -55,7 +55,9 @@ def prompt_windows(tokenizer: Any, text: str) -> Windows:
                 chunks.append(current)
                 current = []
             continue
-        for token in tokenizer(piece, add_special_tokens=False, truncation=False).input_ids:
+        # verbose=False: a long prompt is windowed here on purpose, no "longer than" warning.
+        ids = tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        for token in ids:
             if len(current) == size:
                 cut = _comma_cut([t for t, _ in current], comma)
                 chunks.append(current[:cut])

@@ -8,17 +8,15 @@ answered exactly once.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from inference.errors import BackendError, BackendUnavailable, InferenceError
+from inference.errors import BackendUnavailable, InferenceError
 from inference.local.batcher import Batcher, WorkItem
+from inference.local.failures import GENERATION_FAILED, STARTUP_FAILED, unexpected_failure
 
 __all__ = ["BatchRunner", "Worker"]
-
-log = logging.getLogger(__name__)
 
 
 class BatchRunner(Protocol):
@@ -68,9 +66,9 @@ class Worker:
                     except InferenceError as exc:
                         startup_error = exc
                     except Exception as exc:  # e.g. torch missing or broken
-                        log.exception("the local backend could not start")
-                        startup_error = BackendUnavailable(
-                            f"The local backend could not start: {type(exc).__name__}: {exc}"
+                        job_ids = [item.job_id for item in batch]
+                        startup_error = unexpected_failure(
+                            exc, job_ids, STARTUP_FAILED, BackendUnavailable
                         )
                 if runner is None:
                     assert startup_error is not None
@@ -87,6 +85,6 @@ class Worker:
         try:
             runner.run(batch)
         except Exception as exc:  # the runner answers its items; this is a last resort
-            log.exception("batch runner failed")
+            error = unexpected_failure(exc, [item.job_id for item in batch], GENERATION_FAILED)
             for item in batch:
-                item.on_done(BackendError(f"Image generation failed: {exc}"))
+                item.on_done(error)

@@ -1,7 +1,9 @@
 """`ModelsLabBackend`: the backend port over the ModelsLab API.
 
-One job: decode the init image (for its size), submit, wait (poll or webhook) while holding one
-of `capacity` in-flight slots, download and decode the outputs, then the shared post-processing
+One job: resolve a null `model_id` to the models file's `default_model` (the file is optional
+with this backend), decode the init image (for its size), submit it with its bytes inline, wait
+(poll or webhook) while holding one of `capacity` in-flight slots, download and decode the
+outputs (noting any shortfall against `samples`), then the shared post-processing
 (`inference.postprocess.finish_images`). The whole job runs under `MODELSLAB_JOB_TIMEOUT` and
 stops promptly when its `CancelToken` fires.
 """
@@ -12,16 +14,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from PIL import Image
-from pydantic import SecretStr
 
 from inference import images, safety
 from inference.errors import BackendError, BackendTimeout, InvalidImage
+from inference.models_file import ModelsFileMissing, read_models_file
 from inference.modelslab.client import ApiClient, RetryPolicy, new_http_client
-from inference.modelslab.endpoints import ApiPaths, EndpointPool, split_list
+from inference.modelslab.endpoints import ApiPaths, EndpointPool
 from inference.modelslab.payload import (
     inline_output,
     request_body,
@@ -41,7 +44,7 @@ from inference.webhooks import WebhookSender
 if TYPE_CHECKING:
     from inference.modelslab.webhook import WebhookReceiver
 
-__all__ = ["ModelsLabBackend", "seeds_from"]
+__all__ = ["ModelsLabBackend", "default_model_from", "seeds_from"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,22 @@ def seeds_from(meta: dict[str, Any], request: Img2ImgRequest, count: int) -> lis
     return [(base + i) % (MAX_SEED + 1) for i in range(count)]
 
 
+def default_model_from(path: str | Path) -> str | None:
+    """The models file's `default_model`; None when there is no file (optional here) or no
+    default. A file that exists but is broken raises `ModelsFileError`, as it does for the bot."""
+    try:
+        return read_models_file(path).default_model
+    except ModelsFileMissing:
+        return None
+
+
+def _shortfall_note(returned: int, requested: int) -> str | None:
+    """The result's `message` when the API returned fewer images than `samples`."""
+    if returned >= requested:
+        return None
+    return f"ModelsLab returned {returned} of the {requested} images requested."
+
+
 class ModelsLabBackend:
     """Runs jobs on the ModelsLab API; at most `capacity` of them are at the API at once."""
 
@@ -92,7 +111,9 @@ class ModelsLabBackend:
         http: httpx.AsyncClient | None = None,
         webhooks: WebhookSender | None = None,
         allow_private_urls: bool = False,
+        default_model: str | None = None,
     ) -> None:
+        self._default_model = default_model
         self._pool = pool
         self._paths = paths
         self._detector = detector
@@ -114,39 +135,32 @@ class ModelsLabBackend:
         cls,
         settings: InferenceSettings,
         *,
-        detector: safety.NsfwDetector | None = None,
+        detector: safety.NsfwDetector,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
     ) -> ModelsLabBackend:
-        """Build from `MODELSLAB_*` settings; `detector` defaults to the process-wide one."""
-        keys = [settings.modelslab_api_key] if settings.modelslab_api_key else []
-        if settings.modelslab_api_keys is not None:
-            keys += [
-                SecretStr(k) for k in split_list(settings.modelslab_api_keys.get_secret_value())
-            ]
-        unique = list({k.get_secret_value(): k for k in keys if k.get_secret_value()}.values())
-        urls = split_list(settings.modelslab_base_urls) or [settings.modelslab_base_url]
-        detector = detector or safety.get_default_detector()
+        """Build from the settings, with the detector that the composition root made."""
+        lab = settings.modelslab
+        keys = list({key.get_secret_value(): key for key in lab.api_keys}.values())
         webhook = None
-        if settings.modelslab_webhook_listen:
+        if lab.webhook_listen:
             from inference.modelslab.webhook import WebhookReceiver  # aiohttp only when used
 
-            webhook = WebhookReceiver(
-                settings.modelslab_webhook_listen, settings.modelslab_webhook_public_url
-            )
+            webhook = WebhookReceiver(lab.webhook_listen, lab.webhook_public_url)
         return cls(
-            pool=EndpointPool(urls, unique),
-            paths=ApiPaths(settings.modelslab_img2img_path, settings.modelslab_fetch_path),
+            pool=EndpointPool(lab.base_urls, keys),
+            paths=ApiPaths(lab.img2img_path, lab.fetch_path),
             detector=detector,
             threshold=safety.threshold_from(settings, detector),
-            request_timeout=settings.modelslab_request_timeout,
-            job_timeout=settings.modelslab_job_timeout,
-            max_in_flight=settings.modelslab_max_in_flight,
-            max_output_bytes=settings.max_image_bytes,
-            retry=(retry or RetryPolicy(max_retries=settings.modelslab_max_retries)),
+            request_timeout=lab.request_timeout,
+            job_timeout=lab.job_timeout,
+            max_in_flight=lab.max_in_flight,
+            max_output_bytes=settings.ingest.max_image_bytes,
+            retry=(retry or RetryPolicy(max_retries=lab.max_retries)),
             poll=poll,
             webhook=webhook,
-            allow_private_urls=settings.allow_private_urls,
+            allow_private_urls=settings.ingest.allow_private_urls,
+            default_model=default_model_from(settings.models_file),
         )
 
     @property
@@ -163,7 +177,15 @@ class ModelsLabBackend:
         self, job: Job, progress: ProgressCallback, cancel: CancelToken
     ) -> Img2ImgResult:
         cancel.raise_if_cancelled()
-        return await run_cancellable(self._run(job, progress), cancel)
+        return await run_cancellable(self._run(self._with_model(job), progress), cancel)
+
+    def _with_model(self, job: Job) -> Job:
+        """`job` with a null `model_id` set to the models file's default (when there is one);
+        without one the field stays out of the body and the endpoint uses its own model."""
+        if job.request.model_id is not None or self._default_model is None:
+            return job
+        request = job.request.model_copy(update={"model_id": self._default_model})
+        return job.model_copy(update={"request": request})
 
     async def _run(self, job: Job, progress: ProgressCallback) -> Img2ImgResult:
         loop = asyncio.get_running_loop()
@@ -195,9 +217,7 @@ class ModelsLabBackend:
         """The API body (without key) and, with the receiver on, our webhook in it."""
         request = job.request
         decoded = await asyncio.to_thread(images.decode_image, job.init_image)
-        upload = None
-        if request.init_image is None:
-            upload = await asyncio.to_thread(upload_bytes, job.init_image, decoded)
+        upload = await asyncio.to_thread(upload_bytes, job.init_image, decoded)
         webhook = None
         if self._webhook is not None:
             await self._webhook.start()
@@ -250,6 +270,9 @@ class ModelsLabBackend:
     ) -> Img2ImgResult:
         request = job.request
         entries = final.output[: request.samples]
+        note = _shortfall_note(len(entries), request.samples)
+        if note is not None:
+            log.warning("job %s: %s", job.id, note)
         raws = await asyncio.gather(*(self._output(entry, deadline) for entry in entries))
         pictures = await asyncio.to_thread(_decode_outputs, raws)
         seeds = seeds_from(final.meta, request, len(pictures))
@@ -282,6 +305,7 @@ class ModelsLabBackend:
             nsfw_content_detected=[image.nsfw for image in finished],
             generationTime=final.generation_time or round(elapsed, 3),
             track_id=request.track_id,
+            message=note,
             images=finished,
         )
         if request.webhook:

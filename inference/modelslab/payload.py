@@ -39,19 +39,24 @@ def request_body(
     request: Img2ImgRequest,
     *,
     size: tuple[int, int],
-    upload: bytes | None,
+    upload: bytes,
     webhook: str | None = None,
     track_id: str | None = None,
 ) -> dict[str, Any]:
     """The img2img body without the key.
 
     Every field that has a value passes through as the API's JSON type; unset (null) fields are
-    left out so the API applies its own defaults. The size is the resolved output size. With
-    `upload` the init image goes inline as base64 with the API's `"base64": "yes"` flag;
-    otherwise `request.init_image` (a URL) is sent. The request's own webhook is never sent to
-    the API: its deliveries would link the uncensored originals. The backend posts the finished,
-    censored result there itself (`inference.webhooks`). `webhook` here is our own receiver,
-    with our `track_id` to match its delivery by.
+    left out so the API applies its own defaults. The size is the resolved output size.
+
+    The init image always goes inline (`upload`, base64 with the API's `"base64": "yes"` flag),
+    never as `request.init_image`: that URL may have expired by the time the job runs (Discord
+    CDN links are signed for a day; a resumed job runs later) or be out of the API's reach, and
+    the bytes were fetched and checked already.
+
+    The request's own webhook is never sent to the API: its deliveries would link the uncensored
+    originals. The backend posts the finished, censored result there itself
+    (`inference.webhooks`). `webhook` here is our own receiver, with our `track_id` to match its
+    delivery by.
     """
     body = {
         name: value
@@ -59,9 +64,8 @@ def request_body(
         if value is not None and name != "webhook"
     }
     body["width"], body["height"] = size
-    if upload is not None:
-        body["init_image"] = base64.b64encode(upload).decode("ascii")
-        body["base64"] = "yes"
+    body["init_image"] = base64.b64encode(upload).decode("ascii")
+    body["base64"] = "yes"
     if webhook is not None:
         body["webhook"] = webhook
         if track_id is not None:

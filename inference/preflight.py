@@ -1,0 +1,108 @@
+"""Checks before a backend starts, so that an entry point can refuse at once with every problem.
+
+The local backend needs torch and diffusers, the CUDA device `IMG2IMG_DEVICE=cuda` asks for, and
+a valid models file whose local files exist; the ModelsLab backend needs a key. Each check returns
+one line per problem. torch is imported only through the `importer` given (tests pass their own).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from inference.local.registry import ModelRegistry
+from inference.models_file import ModelsFile, ModelsFileError, read_models_file
+from inference.settings import InferenceSettings
+
+__all__ = ["Importer", "backend_problems", "models_file_problems", "runtime_problems"]
+
+Importer = Callable[[str], Any]
+
+INSTALL_HINT = "install with `pip install -e '.[local]'` or set IMG2IMG_BACKEND=modelslab"
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin")
+
+
+def backend_problems(
+    settings: InferenceSettings,
+    name: str | None = None,
+    *,
+    importer: Importer = importlib.import_module,
+) -> list[str]:
+    """What would stop the backend `name` (or `settings.backend`) from starting."""
+    if (name or settings.backend) == "modelslab":
+        if settings.modelslab.api_keys:
+            return []
+        return ["IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY (or MODELSLAB_API_KEYS)."]
+    return runtime_problems(settings.local.device, importer) + models_file_problems(
+        settings.models_file
+    )
+
+
+def runtime_problems(device: str, importer: Importer = importlib.import_module) -> list[str]:
+    """torch and diffusers importable, and a CUDA device when `device` is "cuda"."""
+    modules: dict[str, Any] = {}
+    failed: list[str] = []
+    for module in ("torch", "diffusers"):
+        try:
+            modules[module] = importer(module)
+        except (ImportError, OSError) as exc:  # OSError: a broken install (missing libraries)
+            failed.append(f"{module}: {exc}")
+    if failed:
+        return [
+            f"the local backend needs torch and diffusers, which cannot be imported "
+            f"({'; '.join(failed)}): {INSTALL_HINT}."
+        ]
+    torch = modules["torch"]
+    if device == "cuda" and not torch.cuda.is_available():
+        cuda = torch.version.cuda
+        build = f"built for CUDA {cuda}" if cuda else "a CPU-only build"
+        return [
+            f"IMG2IMG_DEVICE=cuda, but torch {torch.__version__} ({build}) finds no CUDA device: "
+            "check the NVIDIA driver (and `--gpus all` for Docker), or set IMG2IMG_DEVICE=auto "
+            "or cpu."
+        ]
+    return []
+
+
+def models_file_problems(path: Path) -> list[str]:
+    """The models file readable and valid, every local file or folder it names there."""
+    try:
+        file = read_models_file(path)
+    except ModelsFileError as exc:
+        return [str(exc)]
+    missing = [
+        f"{file.origin}: [{section}.{name}] {key} {raw!r} does not exist (relative paths are "
+        f"looked up in {file.base_dir} and {Path.cwd()}), and is not a hub id (owner/name)"
+        for section, name, key, raw in _locations(file)
+        if _missing(raw, file.base_dir)
+    ]
+    if missing:
+        return missing
+    try:
+        ModelRegistry.from_file(file)
+    except ModelsFileError as exc:
+        return [str(exc)]
+    return []
+
+
+def _locations(file: ModelsFile) -> Iterator[tuple[str, str, str, str]]:
+    """(section, entry, key, value) of every `source` and `config` written in the file."""
+    for section, table in (("models", file.models), ("vaes", file.vaes), ("loras", file.loras)):
+        for name, entry in table.items():
+            for key in ("source", "config"):
+                value = entry.get(key) if isinstance(entry, dict) else None
+                if isinstance(value, str) and value.strip():
+                    yield section, name, key, value.strip()
+
+
+def _missing(raw: str, base_dir: Path) -> bool:
+    """A path (not a hub id) that exists neither as written nor relative to `base_dir`."""
+    if _HUB_ID.match(raw) and not raw.endswith(_WEIGHT_SUFFIXES):
+        return False
+    path = Path(raw).expanduser()
+    candidates = [path] if path.is_absolute() else [base_dir / path, Path.cwd() / path]
+    return not any(candidate.exists() for candidate in candidates)
