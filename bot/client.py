@@ -15,10 +15,13 @@ from discord.ext import commands
 from bot.acks import AckTracker
 from bot.catalog import Catalog
 from bot.config import BotSettings
+from bot.delivery import RetryPolicy, retrying
 from bot.errors import report_unexpected
 from bot.jobs import JobQueue
-from bot.present import JobReporter, ViewFactory
-from bot.store import JobRecord, JobStore
+from bot.loads import ImageLoads
+from bot.present import JobReporter, Requester, ViewFactory
+from bot.resume import Leftovers, resume_jobs
+from bot.store import JobStore
 from inference import Backend, InferenceSettings
 
 __all__ = ["EXTENSIONS", "Img2ImgBot", "Img2ImgTree", "point_discord_at"]
@@ -29,11 +32,6 @@ DISCORD_CONNECTIONS = 32
 """HTTP connections kept open to each Discord host (API, CDN). A burst of interactions then reuses
 warm keep-alive connections for its acknowledgements instead of opening (and, in production,
 TLS-handshaking) one per interaction; measured in bench/bot_burst.py."""
-IMAGE_LOADS_AT_ONCE = 16
-"""Attachments downloaded and decoded at the same time. Bounds memory under a burst, and when a
-burst's acknowledgements are done the waiting jobs go on a few at a time, not all in one pass of
-the event loop (which would delay whatever interaction arrives next). Links to other hosts are
-not counted: a slow host chosen by one user must not hold up everyone's attachments."""
 
 
 def point_discord_at(api_base: str, gateway_url: str | None) -> None:
@@ -76,6 +74,8 @@ class Img2ImgBot(commands.Bot):
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         options.setdefault("intents", discord.Intents(guilds=True))
         options.setdefault("http_trace", acks.trace())
+        # Nobody is pinged unless a message names them (the requester: bot.present).
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         # Needs the running event loop: construct the bot inside it (as discord.py 2 expects).
         options.setdefault(
             "connector", aiohttp.TCPConnector(limit=0, limit_per_host=DISCORD_CONNECTIONS)
@@ -93,8 +93,10 @@ class Img2ImgBot(commands.Bot):
         self.catalog = catalog
         self.queue = queue
         self.views = views
-        self.attachment_loads = asyncio.Semaphore(IMAGE_LOADS_AT_ONCE)
+        self.image_loads = ImageLoads()
         self.resumed_jobs = 0
+        self.resuming: asyncio.Task[None] | None = None
+        """Settling and resuming what a restart found (`bot.resume`); done once it is."""
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         # Called synchronously as the gateway event is parsed, before any handler runs.
@@ -113,42 +115,43 @@ class Img2ImgBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
-        await self._resume_unfinished()
+        leftovers = await Leftovers.read(self.store)  # before connecting: no new job yet
+        self.resuming = asyncio.create_task(self._resume_unfinished(leftovers), name="resume-jobs")
 
     async def _sync_commands(self) -> None:
+        what = "syncing the commands"
         if self.settings.discord.dev_guild:
             guild = discord.Object(id=self.settings.discord.dev_guild)
             self.tree.copy_global_to(guild=guild)
-            await self.tree.sync(guild=guild)
+            await retrying(lambda: self.tree.sync(guild=guild), self.delivery_policy, what)
         else:
-            await self.tree.sync()
+            await retrying(self.tree.sync, self.delivery_policy, what)
 
-    async def _resume_unfinished(self) -> None:
-        """Queue again what was accepted before a restart; results go to the channel."""
-        for record in await self.store.unfinished():
-            try:
-                await self._resume(record)
-                self.resumed_jobs += 1
-            except (discord.HTTPException, LookupError) as exc:
-                log.warning("job %s: its channel is gone (%s); marking failed", record.id, exc)
-                await self.store.update(record.id, status="failed", error="channel unavailable")
+    async def _resume_unfinished(self, leftovers: Leftovers) -> None:
+        """Post what was not posted before a restart, and queue again what did not finish
+        (in the background: a Discord outage at start only delays it; `bot.resume`)."""
+        try:
+            self.resumed_jobs = await resume_jobs(self, leftovers)
+        except Exception:
+            log.exception("resuming the unfinished jobs failed; the next start tries again")
 
-    async def _resume(self, record: JobRecord) -> None:
-        channel = self.get_channel(record.channel_id) or await self.fetch_channel(record.channel_id)
-        user = self.get_user(record.owner_id) or await self.fetch_user(record.owner_id)
-        if not isinstance(channel, discord.abc.Messageable):
-            raise LookupError(f"channel {record.channel_id} cannot receive messages")
-        reporter = self.reporter(record.id, channel, user, interaction=None)
-        self.queue.resume(record, reporter)
+    @property
+    def delivery_policy(self) -> RetryPolicy:
+        delivery = self.settings.delivery
+        return RetryPolicy(first=delivery.retry_first, cap=delivery.retry_cap)
 
     def reporter(
         self,
         job_id: str,
         channel: discord.abc.Messageable,
-        user: discord.abc.User,
+        user: Requester,
         interaction: discord.Interaction[Img2ImgBot] | None,
         note: str | None = None,
+        status_message_id: int | None = None,
     ) -> JobReporter:
+        async def remember(message_id: int) -> None:
+            await self.store.update(job_id, message_id=message_id)
+
         return JobReporter(
             note=note,
             job_id=job_id,
@@ -157,11 +160,22 @@ class Img2ImgBot(commands.Bot):
             interaction=interaction,
             views=self.views,
             interval=self.settings.progress_interval,
+            status_message_id=status_message_id,
+            remember=remember,
+            policy=self.delivery_policy,
+            token_lifetime=self.settings.delivery.token_lifetime,
         )
 
     async def close(self) -> None:
-        """Let running jobs finish (up to the shutdown grace); the rest resume after a restart."""
-        await self.queue.close(grace=self.settings.shutdown_grace)
-        await self.backend.aclose()
+        """Stop within the shutdown grace (plus a moment): running jobs and posts in progress
+        get the grace; what is left is resumed after the restart. The backend gets what
+        remains of the grace, so the whole stop fits in the container's stop timeout."""
+        started = time.monotonic()
+        grace = self.settings.shutdown_grace
+        if self.resuming is not None:
+            self.resuming.cancel()
+            await asyncio.gather(self.resuming, return_exceptions=True)
+        await self.queue.close(grace=grace)
+        await self.backend.aclose(timeout=max(0.0, grace - (time.monotonic() - started)))
         await super().close()
         await self.store.close()

@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from inference.settings import SettingsBase
 
-__all__ = ["BotSettings", "DiscordSettings", "LimitSettings", "StoreSettings"]
+__all__ = ["BotSettings", "DeliverySettings", "DiscordSettings", "LimitSettings", "StoreSettings"]
 
 
 class DiscordSettings(SettingsBase):
@@ -43,6 +43,19 @@ class StoreSettings(SettingsBase):
     retention_days: int = Field(30, ge=1)
 
 
+class DeliverySettings(SettingsBase):
+    """Posting results while Discord fails: transient errors (5xx, 429, timeouts, resets) are
+    retried after `retry_first` seconds, doubling up to `retry_cap`; the interaction's response
+    is edited while its token lives (`token_lifetime` seconds, under Discord's 15 minutes),
+    then a channel message is sent instead."""
+
+    model_config = SettingsConfigDict(env_prefix="IMG2IMG_DELIVERY_")
+
+    retry_first: float = Field(1.0, gt=0)
+    retry_cap: float = Field(60.0, gt=0)
+    token_lifetime: float = Field(15 * 60 - 30, gt=0, le=15 * 60)
+
+
 class BotSettings(SettingsBase):
     """Everything `bot` and `cogs` read from the environment (and `.env`)."""
 
@@ -51,5 +64,6 @@ class BotSettings(SettingsBase):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     shutdown_grace: float = Field(30.0, ge=0)
     progress_interval: float = Field(1.5, gt=0)

@@ -9,6 +9,7 @@ import discord
 
 from bot.incidents import log_incident
 from bot.messages import unexpected_error
+from bot.replies import answer_privately
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
@@ -23,11 +24,5 @@ async def report_unexpected(
 ) -> None:
     """Log `error` with a fresh error id and tell the user that id (never a stack trace)."""
     error_id = log_incident(error, where)
-    text = unexpected_error(error_id)
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException:
+    if not await answer_privately(interaction, unexpected_error(error_id)):
         log.warning("could not report error %s to the user", error_id)

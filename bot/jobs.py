@@ -5,6 +5,12 @@ Jobs are released to the backend while it reports free `capacity`; the local bac
 the compatible ones it holds. Every state change is written to the job store first, so a
 restart resumes queued and running jobs.
 
+Delivery: a result is stored (status "generated") before it is posted, and the job is
+"delivered" only once its listener confirms the post; posting runs in a task of its own, so a
+Discord outage does not hold the backend's capacity. A stored result that was not posted before
+a shutdown or crash is posted after the restart (`settle`), and so is a failure not yet reported.
+A job that was running when the bot died `MAX_STARTS` times is not run again (`abandon`).
+
 Failures: a typed error (`inference.errors`) is meant for the user and is shown and stored as it
 is. Anything else, and a `BackendError` raised from an untyped exception (whose text may quote
 file paths or torch internals), is logged with the job id under an error id (`bot.incidents`);
@@ -19,11 +25,12 @@ import heapq
 import itertools
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from bot.incidents import log_incident
-from bot.store import JobRecord, JobStore
+from bot.store import DailyQuotas, JobRecord, JobStore
 from inference import (
     Backend,
     BackendError,
@@ -34,9 +41,12 @@ from inference import (
     Job,
     ProgressEvent,
 )
+from inference.port import ProgressCallback
 
 __all__ = [
+    "MAX_STARTS",
     "FairQueue",
+    "JobFailure",
     "JobListener",
     "JobQueue",
     "QueueLimits",
@@ -46,6 +56,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 DAY = 86_400
+MAX_STARTS = 3
+"""Starts after which a job found unfinished at start is failed instead of run again: each start
+that did not end ended the bot (a graceful stop does not count one)."""
 
 
 class JobListener(Protocol):
@@ -57,11 +70,18 @@ class JobListener(Protocol):
     def progress(self, event: ProgressEvent) -> None:
         """A progress event from the backend; must return quickly."""
 
-    async def finished(self, result: Img2ImgResult) -> None:
-        """The job succeeded."""
+    async def finished(self, result: Img2ImgResult) -> int | None:
+        """The job succeeded: post `result`; the id of the message that carries it. Raises
+        `JobFailure` when it cannot be posted at all; returns only once it is posted."""
 
-    async def failed(self, error: InferenceError) -> None:
-        """The job failed or was cancelled (`inference.errors.Cancelled`)."""
+    async def failed(self, error: InferenceError) -> int | None:
+        """The job failed or was cancelled (`inference.errors.Cancelled`): tell the user; the
+        id of the message that says so (0 or None when there is none)."""
+
+
+class JobFailure(InferenceError):
+    """A failure the bot itself decided (the result cannot be posted, the job kept crashing the
+    bot); its message is meant for the user as it is."""
 
 
 class UnexpectedFailure(InferenceError):
@@ -87,6 +107,13 @@ def _shown_failure(error: InferenceError, job_id: str) -> InferenceError:
     return error
 
 
+def _today() -> tuple[float, float]:
+    """When the current UTC day began (daily quotas count from then), and seconds until it ends."""
+    now = time.time()
+    start = now - now % DAY
+    return start, start + DAY - now
+
+
 @dataclass(frozen=True)
 class QueueLimits:
     max_pending_per_user: int = 3
@@ -105,6 +132,15 @@ class QueueRefused(Exception):
     resets_in: float | None = None
 
 
+@dataclass(frozen=True)
+class _Hold:
+    """A place in the queue taken by a submission still on its way in (image loading, storing)."""
+
+    owner_id: int
+    guild_id: int | None
+    images: int
+
+
 @dataclass
 class _Entry:
     record: JobRecord
@@ -117,11 +153,19 @@ class _Entry:
 
 class JobQueue(Protocol):
     """What the bot needs from a queue. `FairQueue` is the in-process one; a distributed one
-    (Redis Streams, CONTRACT section 9) can implement the same methods."""
+    can implement the same methods."""
+
+    async def hold(self, job_id: str, owner_id: int, guild_id: int | None, images: int) -> None: ...
+
+    def release(self, job_id: str) -> None: ...
 
     async def submit(self, record: JobRecord, listener: JobListener) -> int: ...
 
     def resume(self, record: JobRecord, listener: JobListener) -> int: ...
+
+    def settle(self, record: JobRecord, listener: JobListener) -> None: ...
+
+    def abandon(self, record: JobRecord, listener: JobListener, error: InferenceError) -> None: ...
 
     async def cancel(self, job_id: str) -> bool: ...
 
@@ -155,41 +199,106 @@ class FairQueue:
         self._released_tag = 0
         self._sequence = itertools.count()
         self._closing = False
+        self._background: set[asyncio.Task[None]] = set()  # posting results, reporting failures
+        self._holds: dict[str, _Hold] = {}  # by job id, in the order they were taken
 
     # -- accepting -------------------------------------------------------------------------------
 
+    async def hold(self, job_id: str, owner_id: int, guild_id: int | None, images: int) -> None:
+        """Take a place for a job before anything is done for it (its image is not loaded yet);
+        raises `QueueRefused`. `submit` fills the place, `release` gives it back.
+
+        The pending limits are checked and the place taken in one step, so a user at the limit
+        is refused before the bot downloads anything, however many requests arrive at once. The
+        quotas count the images of the places taken before this one; `submit` counts again, in
+        the same transaction as it stores the job.
+        """
+        self._take_place(job_id, _Hold(owner_id, guild_id, images))
+        earlier = dict(self._holds)  # this one last: a place taken later does not count
+        try:
+            await self._check_quotas(job_id, earlier)
+        except BaseException:
+            self.release(job_id)
+            raise
+
+    def release(self, job_id: str) -> None:
+        """Give back a place taken by `hold` for a job that was not submitted (no-op otherwise)."""
+        self._holds.pop(job_id, None)
+
     async def submit(self, record: JobRecord, listener: JobListener) -> int:
-        """Store and queue a new job; return its position. Raises `QueueRefused`."""
-        await self._check_limits(record)
-        await self._store.add(record)
+        """Store and queue a new job; return its position. Raises `QueueRefused`.
+
+        Uses the place `hold` took for the job, or takes one. The quotas are counted and the
+        job stored in one transaction, and from the place taken to the job queued no other
+        submission runs in between: limits hold under any number of concurrent submissions.
+        """
+        if record.id not in self._holds:
+            self._take_place(record.id, _Hold(record.owner_id, record.guild_id, 0))
+        try:
+            await self._store_within_quotas(record)
+        finally:
+            self.release(record.id)
         return self._enqueue(_Entry(record, listener))
 
     def resume(self, record: JobRecord, listener: JobListener) -> int:
-        """Queue a job found unfinished in the store after a restart (no limits, no new row)."""
+        """Queue a job found unfinished in the store after a restart (no limits, no new row).
+        The caller fails one that already ended the bot `MAX_STARTS` times instead."""
         return self._enqueue(_Entry(record, listener))
 
-    async def _check_limits(self, record: JobRecord) -> None:
-        mine = self.pending_for(record.owner_id)
+    def settle(self, record: JobRecord, listener: JobListener) -> None:
+        """Show a stored outcome its user has not seen (found after a restart): post a
+        generated job's stored result, or report a failure or cancellation."""
+        if record.status == "generated":
+            self._spawn(self._deliver(record, listener, None), f"deliver-{record.id}")
+        else:
+            error = JobFailure(record.error or "The job failed.")
+            self._spawn(self._report(record.id, listener, error), f"report-{record.id}")
+
+    def abandon(self, record: JobRecord, listener: JobListener, error: InferenceError) -> None:
+        """Fail an unfinished job without running it (found after a restart) and tell its user."""
+        self._spawn(self._fail(record.id, listener, "failed", error), f"fail-{record.id}")
+
+    def _take_place(self, job_id: str, hold: _Hold) -> None:
+        """Check the pending limits and take the place, with no await in between."""
+        mine = self.pending_for(hold.owner_id)
         if mine >= self._limits.max_pending_per_user:
             raise QueueRefused("user_pending", self._limits.max_pending_per_user, mine)
         total = self.pending_total
         if total >= self._limits.max_pending_total:
             raise QueueRefused("total_pending", self._limits.max_pending_total, total)
-        now = time.time()
-        day_start = now - now % DAY
-        wanted = record.request.samples
-        if self._limits.daily_quota_user:
-            used = await self._store.count_since(day_start, owner_id=record.owner_id)
-            if used + wanted > self._limits.daily_quota_user:
-                raise QueueRefused(
-                    "user_quota", self._limits.daily_quota_user, used, day_start + DAY - now
-                )
-        if self._limits.daily_quota_guild and record.guild_id is not None:
-            used = await self._store.count_since(day_start, guild_id=record.guild_id)
-            if used + wanted > self._limits.daily_quota_guild:
-                raise QueueRefused(
-                    "guild_quota", self._limits.daily_quota_guild, used, day_start + DAY - now
-                )
+        self._holds[job_id] = hold
+
+    async def _check_quotas(self, job_id: str, held: dict[str, _Hold]) -> None:
+        """Refuse when the store's count plus the places `held` (this one's last) pass a quota.
+
+        The jobs of `held` are counted from memory and left out of the store's count, so a job
+        stored meanwhile is not counted twice.
+        """
+        hold, limits = held[job_id], self._limits
+        since, resets_in = _today()
+        others = [h for i, h in held.items() if i != job_id]
+        if limits.daily_quota_user:
+            used = await self._store.count_since(since, owner_id=hold.owner_id, excluding=held)
+            used += sum(h.images for h in others if h.owner_id == hold.owner_id)
+            if used + hold.images > limits.daily_quota_user:
+                raise QueueRefused("user_quota", limits.daily_quota_user, used, resets_in)
+        if limits.daily_quota_guild and hold.guild_id is not None:
+            used = await self._store.count_since(since, guild_id=hold.guild_id, excluding=held)
+            used += sum(h.images for h in others if h.guild_id == hold.guild_id)
+            if used + hold.images > limits.daily_quota_guild:
+                raise QueueRefused("guild_quota", limits.daily_quota_guild, used, resets_in)
+
+    async def _store_within_quotas(self, record: JobRecord) -> None:
+        since, resets_in = _today()
+        quotas = DailyQuotas(since, self._limits.daily_quota_user, self._limits.daily_quota_guild)
+        exceeded = await self._store.reserve(record, quotas)
+        if exceeded is not None:
+            raise QueueRefused(
+                "user_quota" if exceeded.scope == "user" else "guild_quota",
+                exceeded.limit,
+                exceeded.used,
+                resets_in,
+            )
 
     def _enqueue(self, entry: _Entry) -> int:
         owner = entry.record.owner_id
@@ -203,12 +312,14 @@ class FairQueue:
     # -- state -----------------------------------------------------------------------------------
 
     def pending_for(self, owner_id: int) -> int:
+        """The owner's jobs waiting, running or on their way in (`hold`)."""
         running = sum(1 for e in self._running.values() if e.record.owner_id == owner_id)
-        return running + sum(1 for e in self._waiting if e.record.owner_id == owner_id)
+        held = sum(1 for h in self._holds.values() if h.owner_id == owner_id)
+        return running + held + sum(1 for e in self._waiting if e.record.owner_id == owner_id)
 
     @property
     def pending_total(self) -> int:
-        return len(self._running) + len(self._waiting)
+        return len(self._running) + len(self._waiting) + len(self._holds)
 
     def _release_order(self) -> list[_Entry]:
         """Waiting jobs in the order they will be released.
@@ -269,39 +380,93 @@ class FairQueue:
     async def _run(self, entry: _Entry) -> None:
         record = entry.record
         try:
-            await self._store.update(record.id, status="running", started_at=time.time())
-            job = Job(id=record.id, request=record.request, init_image=record.init_image or b"")
-            result = await self._backend.generate(job, entry.listener.progress, entry.cancel)
-            await self._store.update(
-                record.id,
-                status="done",
-                finished_at=time.time(),
-                seeds=result.seeds,
-                nsfw=result.nsfw_content_detected,
+            await self._store.start(record.id)
+            job = Job(
+                id=record.id,
+                request=record.request,
+                init_image=record.init_image or b"",
+                external_id=record.external_id,
             )
-            await entry.listener.finished(result)
+            result = await self._backend.generate(job, self._progress(entry), entry.cancel)
+            await self._store.save_result(record.id, result)
         except Cancelled as exc:
-            await self._finish_failed(entry, "cancelled", exc)
+            await self._fail(record.id, entry.listener, "cancelled", exc, later=True)
         except InferenceError as exc:
-            await self._finish_failed(entry, "failed", _shown_failure(exc, record.id))
+            error = _shown_failure(exc, record.id)
+            await self._fail(record.id, entry.listener, "failed", error, later=True)
         except asyncio.CancelledError:
-            raise  # shutdown: the job stays "running" in the store and is resumed on restart
+            raise  # shutdown: the job is queued again in the store and resumed on restart
         except Exception as exc:
-            await self._finish_failed(entry, "failed", UnexpectedFailure.logged(exc, record.id))
+            error = UnexpectedFailure.logged(exc, record.id)
+            await self._fail(record.id, entry.listener, "failed", error, later=True)
+        else:
+            self._spawn(self._deliver(record, entry.listener, result), f"deliver-{record.id}")
         finally:
             self._running.pop(record.id, None)
             self._release()
 
-    async def _finish_failed(
-        self, entry: _Entry, status: Literal["failed", "cancelled"], error: InferenceError
+    def _progress(self, entry: _Entry) -> ProgressCallback:
+        """The listener's progress callback, storing the backend's external handle on the way."""
+
+        def progress(event: ProgressEvent) -> None:
+            handle = event.external_id
+            if handle is not None and handle != entry.record.external_id:
+                entry.record.external_id = handle
+                store = self._store.update(entry.record.id, external_id=handle)
+                self._spawn(store, f"external-id-{entry.record.id}")
+            entry.listener.progress(event)
+
+        return progress
+
+    async def _deliver(
+        self, record: JobRecord, listener: JobListener, result: Img2ImgResult | None
     ) -> None:
-        await self._store.update(
-            entry.record.id, status=status, finished_at=time.time(), error=str(error)
-        )
+        """Post the result (the stored one when `result` is None); "delivered" once posted."""
         try:
-            await entry.listener.failed(error)
+            if result is None:
+                result = await self._store.result(record.id)
+            if result is None:
+                raise RuntimeError(f"job {record.id} is generated but has no stored result")
+            message_id = await listener.finished(result)
+        except JobFailure as exc:
+            await self._fail(record.id, listener, "failed", exc)
+        except Exception as exc:
+            await self._fail(
+                record.id, listener, "failed", UnexpectedFailure.logged(exc, record.id)
+            )
+        else:
+            await self._store.update(record.id, status="delivered", result_message_id=message_id)
+
+    async def _fail(
+        self,
+        job_id: str,
+        listener: JobListener,
+        status: Literal["failed", "cancelled"],
+        error: InferenceError,
+        *,
+        later: bool = False,
+    ) -> None:
+        """Store the failure, then report it (in a task of its own when `later`)."""
+        await self._store.update(job_id, status=status, finished_at=time.time(), error=str(error))
+        if later:
+            self._spawn(self._report(job_id, listener, error), f"report-{job_id}")
+        else:
+            await self._report(job_id, listener, error)
+
+    async def _report(self, job_id: str, listener: JobListener, error: InferenceError) -> None:
+        """Tell the user, then record that it was done (a shutdown before leaves it unreported,
+        to be reported after the restart)."""
+        try:
+            shown = await listener.failed(error)
         except Exception:
-            log.exception("reporting the failure of job %s failed", entry.record.id)
+            log.exception("reporting the failure of job %s failed", job_id)
+            shown = None
+        await self._store.update(job_id, result_message_id=shown or 0)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- cancelling and closing ------------------------------------------------------------------
 
@@ -313,16 +478,25 @@ class FairQueue:
         for entry in self._waiting:
             if entry.record.id == job_id:
                 self._waiting.remove(entry)
-                await self._finish_failed(entry, "cancelled", Cancelled("Cancelled."))
+                await self._fail(job_id, entry.listener, "cancelled", Cancelled("Cancelled."))
                 return True
         return False
 
     async def close(self, grace: float = 30.0) -> None:
-        """Stop releasing; give running jobs `grace` seconds, then leave them to be resumed."""
+        """Stop releasing; give running jobs and posts in progress `grace` seconds in all, then
+        leave them to the restart (running jobs are queued again; results stay "generated")."""
         self._closing = True
-        tasks = [e.task for e in self._running.values() if e.task is not None]
-        if tasks:
-            _, still_running = await asyncio.wait(tasks, timeout=grace)
-            for task in still_running:
-                task.cancel()
-            await asyncio.gather(*still_running, return_exceptions=True)
+        deadline = time.monotonic() + grace
+        running = dict(self._running)
+        while True:
+            tasks = {e.task for e in self._running.values() if e.task} | self._background
+            remaining = deadline - time.monotonic()
+            if not tasks or remaining <= 0:
+                break
+            await asyncio.wait(tasks, timeout=remaining)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job_id, entry in running.items():
+            if entry.task is not None and entry.task.cancelled():
+                await self._store.requeue(job_id)

@@ -11,7 +11,7 @@ import math
 
 from pydantic import ValidationError
 
-from bot.jobs import QueueRefused, UnexpectedFailure
+from bot.jobs import JobFailure, QueueRefused, UnexpectedFailure
 from bot.store import JobRecord
 from inference import (
     BackendTimeout,
@@ -23,6 +23,7 @@ from inference import (
 
 __all__ = [
     "ALREADY_FINISHED",
+    "ANSWERED_PRIVATELY",
     "ATTACHMENT_UNREADABLE",
     "CANCELLING",
     "GIVE_ONE_IMAGE",
@@ -36,6 +37,9 @@ __all__ = [
     "RECORD_GONE",
     "SAFETY_STAYS_ON",
     "SERVERS_ONLY",
+    "about_job",
+    "channel_unavailable",
+    "crashed_too_often",
     "describe_error",
     "describe_refusal",
     "describe_validation_error",
@@ -45,6 +49,7 @@ __all__ = [
     "image_description",
     "image_not_on_message",
     "image_too_large",
+    "input_is_the_requesters",
     "not_a_pair",
     "not_an_image",
     "only_requester",
@@ -54,12 +59,20 @@ __all__ = [
     "records_deleted",
     "result_author",
     "result_footer",
+    "result_undeliverable",
     "unexpected_error",
     "unknown_option",
 ]
 
 BAR_WIDTH = 20
-STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "done": "✅", "failed": "⚠️", "cancelled": "✖️"}
+STATUS_ICONS = {
+    "queued": "⏳",
+    "running": "⚙️",
+    "generated": "📤",
+    "delivered": "✅",
+    "failed": "⚠️",
+    "cancelled": "✖️",
+}
 
 # -- submitting a job ------------------------------------------------------------------------------
 
@@ -108,8 +121,21 @@ def only_requester(action: str) -> str:
     return f"Only the person who asked for this (or a moderator) can {action}."
 
 
+def input_is_the_requesters(action: str, requester_id: int) -> str:
+    """Refusing Reroll/Remix to others: they reuse an input image that was never posted."""
+    return (
+        f"Only <@{requester_id}>, who asked for this, or a member with Manage Messages can "
+        f"{action}: it reuses their original image. You can build on a posted image instead "
+        "with its **Use N** button (Use 1, Use 2, …)."
+    )
+
+
 def image_not_on_message(number: int) -> str:
     return f"Image {number} is not on that message any more."
+
+
+ANSWERED_PRIVATELY = "Answered privately."
+"""Replaces a public "thinking…" message that could not be deleted, before a private answer."""
 
 
 # -- server settings and history -------------------------------------------------------------------
@@ -184,6 +210,34 @@ def unexpected_error(error_id: str) -> str:
     )
 
 
+def about_job(text: str, job_id: str) -> str:
+    """A job's failure or cancellation, naming the job (as its result's footer does)."""
+    return f"{text} (job `{job_id}`)"
+
+
+def result_undeliverable(status: int) -> str:
+    """The result could not be posted: the channel refused the bot (403) or is gone (404)."""
+    why = "is gone" if status == 404 else "does not let the bot post there any more"
+    return (
+        f"Your images are ready, but the channel you asked in {why}, so they could not be "
+        "posted. Run the command again in a channel where the bot can post."
+    )
+
+
+def channel_unavailable(status: int) -> str:
+    """A job found after a restart whose channel refuses the bot (403) or is gone (404)."""
+    why = "is gone" if status == 404 else "does not let the bot in any more"
+    return f"Your job was not run: the channel you asked in {why}."
+
+
+def crashed_too_often(starts: int) -> str:
+    """A job that was running each time the bot stopped unexpectedly, `starts` times."""
+    return (
+        f"This job stopped the bot {starts} times (it probably needs more memory than the bot "
+        "has), so it was not run again. Try fewer images or a smaller size."
+    )
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line per problem: the option's name and what is allowed (never the input)."""
     lines = []
@@ -215,6 +269,8 @@ def describe_error(error: InferenceError) -> str:
         return "Cancelled."
     if isinstance(error, UnexpectedFailure):
         return unexpected_error(error.error_id)
+    if isinstance(error, JobFailure):
+        return str(error)
     if isinstance(error, BackendTimeout):
         return f"The image generator took too long: {error} Please try again."
     if isinstance(error, BackendUnavailable):

@@ -1,23 +1,31 @@
 """Presenting a job in Discord: the queue/progress message, the result message, failures.
 
-One `JobReporter` follows one job. While the interaction token is alive (15 minutes) it edits the
-interaction's original response; after that, or after a restart, it falls back to plain channel
-messages. Progress edits are throttled to one every `interval` seconds.
+One `JobReporter` follows one job. Its state is shown in the job's status message
+(`bot.status`); progress edits are throttled to one every `interval` seconds. The result replaces
+the interaction's original response by an edit while the token lives (an edit retried after a
+lost answer cannot make a second message), retried through transient Discord errors until the
+token would expire; otherwise it is a channel message sent with a nonce derived from the job id,
+retried with backoff for as long as it takes. A channel that refuses the bot (403/404) fails the
+delivery (`JobFailure`); the user is then told where possible: the status message, the channel,
+or a direct message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
+from bot.delivery import RetryPolicy, is_gone, is_transient, retrying
+from bot.jobs import JobFailure
 from bot.messages import (
+    about_job,
     describe_error,
     fewer_images,
     image_description,
@@ -25,18 +33,59 @@ from bot.messages import (
     queued_text,
     result_author,
     result_footer,
+    result_undeliverable,
 )
+from bot.replies import answer_privately
+from bot.status import RETIRE_PATIENCE, StatusMessage, nonce
 from inference import Cancelled, GeneratedImage, Img2ImgResult, InferenceError, ProgressEvent
 from inference.images import decode_image, encode_image, read_parameters
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
 
-__all__ = ["TOKEN_LIFETIME", "JobReporter", "ViewFactory", "result_embed", "result_files"]
+__all__ = [
+    "TOKEN_LIFETIME",
+    "JobReporter",
+    "Requester",
+    "UnknownUser",
+    "ViewFactory",
+    "result_embed",
+    "result_files",
+]
 
 log = logging.getLogger(__name__)
 TOKEN_LIFETIME = 15 * 60 - 30  # seconds; keep a margin before Discord's 15 minutes
+RESULT_NONCE = "r"
+PUMP_STOP_WAIT = 5.0  # seconds a progress edit in flight may take to finish before the result
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+class Requester(Protocol):
+    """Who asked for a job (a `discord.User` or `discord.Member`, or an `UnknownUser`)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def mention(self) -> str: ...
+
+    @property
+    def display_name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class UnknownUser:
+    """A requester Discord no longer knows (a deleted account): mentioned by id only."""
+
+    id: int
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.id}>"
+
+    @property
+    def display_name(self) -> str:
+        return f"user {self.id}"
 
 
 class ViewFactory(Protocol):
@@ -55,7 +104,7 @@ def _fit_upload(image: GeneratedImage, limit: int) -> tuple[bytes, str]:
     if len(image.data) <= limit:
         return image.data, image.filename_suffix
     # A PNG made again from the same pixels would be just as large: go straight to WEBP/JPEG,
-    # and keep the parameters in the file's metadata (CONTRACT section 3).
+    # and keep the parameters in the file's metadata (docs/reference.md §3).
     data, fmt = encode_image(
         decode_image(image.data),
         parameters=read_parameters(image.data),
@@ -65,22 +114,42 @@ def _fit_upload(image: GeneratedImage, limit: int) -> tuple[bytes, str]:
     return data, "jpg" if fmt == "jpeg" else fmt
 
 
+@dataclass(frozen=True)
+class _Upload:
+    data: bytes
+    filename: str
+    spoiler: bool
+    description: str
+
+    def file(self) -> discord.File:
+        """A fresh file object (discord.py closes a file once a request has sent it)."""
+        return discord.File(
+            io.BytesIO(self.data),
+            filename=self.filename,
+            spoiler=self.spoiler,
+            description=self.description,
+        )
+
+
+def file_marker(job_id: str) -> str:
+    """What the name of every result file of the job contains."""
+    return f"img2img-{job_id}-"
+
+
+async def _uploads(job_id: str, images: list[GeneratedImage], limit: int) -> list[_Upload]:
+    uploads = []
+    for index, image in enumerate(images):
+        data, suffix = await asyncio.to_thread(_fit_upload, image, limit)
+        name = f"{file_marker(job_id)}{index + 1}.{suffix}"
+        uploads.append(_Upload(data, name, image.nsfw, image_description(image.seed)))
+    return uploads
+
+
 async def result_files(
     job_id: str, images: list[GeneratedImage], limit: int = DEFAULT_UPLOAD_LIMIT
 ) -> list[discord.File]:
     """The images as files (NSFW ones as spoilers), each within the upload limit (per file)."""
-    files = []
-    for index, image in enumerate(images):
-        data, suffix = await asyncio.to_thread(_fit_upload, image, limit)
-        files.append(
-            discord.File(
-                io.BytesIO(data),
-                filename=f"img2img-{job_id}-{index + 1}.{suffix}",
-                spoiler=image.nsfw,
-                description=image_description(image.seed),
-            )
-        )
-    return files
+    return [upload.file() for upload in await _uploads(job_id, images, limit)]
 
 
 def result_embed(result: Img2ImgResult, requester: str) -> discord.Embed:
@@ -132,27 +201,39 @@ class JobReporter:
         *,
         job_id: str,
         channel: discord.abc.Messageable,
-        requester: discord.abc.User,
+        requester: Requester,
         interaction: discord.Interaction[Img2ImgBot] | None,
         views: ViewFactory,
         interval: float = 1.5,
-        started_at: float | None = None,
         note: str | None = None,
+        status_message_id: int | None = None,
+        remember: Callable[[int], Awaitable[None]] | None = None,
+        policy: RetryPolicy | None = None,
+        token_lifetime: float = TOKEN_LIFETIME,
     ) -> None:
         self.job_id = job_id
         self._note = note
         self._channel = channel
         self._requester = requester
-        self._interaction = interaction
+        self._mentions = discord.AllowedMentions(users=[discord.Object(requester.id)])
         self._views = views
         self._interval = interval
-        self._token_born = started_at if started_at is not None else time.monotonic()
+        self._policy = policy or RetryPolicy()
+        self._status = StatusMessage(
+            job_id=job_id,
+            channel=channel,
+            interaction=interaction,
+            message_id=status_message_id,
+            token_deadline=_token_deadline(interaction, token_lifetime),
+            policy=self._policy,
+            remember=remember,
+        )
         self._latest: str | None = None
         self._shown: str | None = None
         self._last_edit = 0.0
         self._wake = asyncio.Event()
         self._done = False
-        self._status_message: discord.Message | None = None
+        self._editing = False
         self._cancel_view = views.cancel(job_id)
         self._pump = asyncio.create_task(self._edit_loop(), name=f"progress-{job_id}")
 
@@ -164,52 +245,92 @@ class JobReporter:
     def progress(self, event: ProgressEvent) -> None:
         self._show(progress_text(event.step, event.total_steps, event.eta_seconds, event.stage))
 
-    async def finished(self, result: Img2ImgResult) -> None:
+    async def finished(self, result: Img2ImgResult) -> int:
+        """Post the result; the id of the message that carries it. Raises `JobFailure` when
+        the channel refuses the bot."""
         await self._stop_pump()
-        limit = self._interaction.filesize_limit if self._interaction else DEFAULT_UPLOAD_LIMIT
-        files = await result_files(self.job_id, result.images, limit)
+        interaction = self._status.interaction
+        limit = interaction.filesize_limit if interaction else DEFAULT_UPLOAD_LIMIT
+        uploads = await _uploads(self.job_id, result.images, limit)
+        content = _result_content(result, self._requester.mention)
         embed = result_embed(result, self._requester.display_name)
         view = self._views.result(self.job_id, len(result.images))
-        content = _result_content(result, self._requester.mention)
-        if self._token_alive():
+        what = f"job {self.job_id}: posting the result"
+        if interaction is not None:
             try:
-                assert self._interaction is not None
-                await self._interaction.edit_original_response(
-                    content=content, embed=embed, attachments=files, view=view
+                message = await retrying(
+                    lambda: interaction.edit_original_response(
+                        content=content,
+                        embed=embed,
+                        attachments=[u.file() for u in uploads],
+                        view=view,
+                    ),
+                    self._policy,
+                    what,
+                    until=self._status.token_deadline,
                 )
-                return
-            except discord.HTTPException as exc:
-                log.info("job %s: falling back to a channel message (%s)", self.job_id, exc.code)
-                files = await result_files(self.job_id, result.images, limit)
-        await self._channel.send(content=content, embed=embed, files=files, view=view)
-        await self._delete_status()
+                return message.id
+            except Exception as exc:
+                if not _is_discord_error(exc):
+                    raise
+                log.info("job %s: falling back to a channel message (%s)", self.job_id, exc)
+        shown = await self._status.shows(file_marker(self.job_id))
+        if shown is not None:
+            return shown  # an edit that Discord applied before its answer (or the bot) was lost
+        await self._status.retire()
+        try:
+            posted = await retrying(
+                lambda: self._channel.send(
+                    content=content,
+                    embed=embed,
+                    files=[u.file() for u in uploads],
+                    view=view,
+                    nonce=nonce(RESULT_NONCE, self.job_id),
+                    allowed_mentions=self._mentions,
+                ),
+                self._policy,
+                what,
+            )
+        except discord.HTTPException as exc:
+            if not is_gone(exc):
+                raise
+            raise JobFailure(result_undeliverable(exc.status)) from exc
+        return posted.id
 
-    async def failed(self, error: InferenceError) -> None:
+    async def failed(self, error: InferenceError) -> int | None:
+        """Tell the user; the id of the message that says it (0: said privately; None: it
+        could not be said anywhere)."""
         await self._stop_pump()
-        text = describe_error(error)
+        text = about_job(describe_error(error), self.job_id)
+        public = f"{self._requester.mention} {text}"
         if isinstance(error, Cancelled):
-            await self._replace_status(f"{self._requester.mention} {text}", final=True)
-            return
-        if self._token_alive():
-            assert self._interaction is not None
-            try:
-                await self._interaction.delete_original_response()
-                await self._interaction.followup.send(text, ephemeral=True)
-                return
-            except discord.HTTPException:
-                log.info("job %s: could not report the failure ephemerally", self.job_id)
-        await self._channel.send(
-            f"{self._requester.mention} {text}",
-            allowed_mentions=discord.AllowedMentions(users=[self._requester]),
-        )
-        await self._delete_status()
+            return await self._status.finish(public, self._mentions)
+        interaction = self._status.interaction
+        if interaction is not None and await answer_privately(interaction, text):
+            return 0
+        shown = await self._status.finish(public, self._mentions)
+        return shown if shown is not None else await self._tell_directly(text)
+
+    async def _tell_directly(self, text: str) -> int | None:
+        """A direct message, when the channel cannot be used."""
+        requester = self._requester
+        if not isinstance(requester, discord.abc.Messageable):
+            return None
+        try:
+            message = await retrying(
+                lambda: requester.send(text),
+                self._policy,
+                f"job {self.job_id}: direct message",
+                until=time.monotonic() + RETIRE_PATIENCE,
+            )
+        except Exception as exc:
+            if not _is_discord_error(exc):
+                raise
+            log.warning("job %s: the user could not be told (%s)", self.job_id, exc)
+            return None
+        return message.id
 
     # -- showing state ---------------------------------------------------------------------------
-
-    def _token_alive(self) -> bool:
-        return (
-            self._interaction is not None and time.monotonic() - self._token_born < TOKEN_LIFETIME
-        )
 
     def _show(self, text: str) -> None:
         if text != self._latest:
@@ -227,46 +348,48 @@ class JobReporter:
             if text is None or text == self._shown or self._done:
                 continue
             self._last_edit = time.monotonic()
+            self._editing = True
             try:
-                await self._replace_status(text)
+                await self._status.show(
+                    f"{self._note}\n{text}" if self._note else text, self._cancel_view
+                )
                 self._shown = text
-            except discord.HTTPException as exc:
+            except Exception as exc:
+                if not _is_discord_error(exc):
+                    raise
                 log.debug("job %s: progress edit failed (%s)", self.job_id, exc)
-
-    async def _replace_status(self, text: str, *, final: bool = False) -> None:
-        """Show `text` in the status message, with its Cancel button unless `final`."""
-        if self._note:
-            text = f"{self._note}\n{text}"
-        view = None if final else self._cancel_view
-        if self._token_alive():
-            assert self._interaction is not None
-            try:
-                await self._interaction.edit_original_response(content=text, view=view)
-                return
-            except discord.HTTPException as exc:
-                log.info("job %s: token no longer usable (%s)", self.job_id, exc.code)
-                self._interaction = None
-        if self._status_message is None:
-            if view is None:
-                self._status_message = await self._channel.send(text)
-            else:
-                self._status_message = await self._channel.send(text, view=view)
-        else:
-            await self._status_message.edit(content=text, view=view)
-
-    async def _delete_status(self) -> None:
-        if self._status_message is not None:
-            with contextlib.suppress(discord.HTTPException):
-                await self._status_message.delete()
-            self._status_message = None
+                self._wake.set()  # try again at the next interval
+            finally:
+                self._editing = False
 
     async def close(self) -> None:
         """Stop following the job without reporting anything (it was not accepted)."""
         await self._stop_pump()
 
     async def _stop_pump(self) -> None:
+        """Stop progress edits. One in flight is let finish (for a while): cut short, Discord
+        might apply it after the result and put the progress and Cancel button back."""
         self._done = True
         self._wake.set()
+        if self._editing:
+            await asyncio.wait({self._pump}, timeout=PUMP_STOP_WAIT)
         self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self._pump
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("job %s: the progress updates failed", self.job_id)
+
+
+def _token_deadline(interaction: discord.Interaction[Any] | None, lifetime: float) -> float:
+    """When (`time.monotonic()`) the interaction's token stops being used."""
+    if interaction is None:
+        return 0.0
+    age = max(0.0, time.time() - interaction.created_at.timestamp())
+    return time.monotonic() - age + lifetime
+
+
+def _is_discord_error(error: BaseException) -> bool:
+    """An answer from Discord, or a transient failure to get one (not a bug of ours)."""
+    return isinstance(error, discord.HTTPException) or is_transient(error)

@@ -3,25 +3,32 @@
 All methods are coroutines that run the SQL in a worker thread (file I/O stays off the event
 loop). The request is stored without its key. The init image is kept with the record (until the
 retention period or the user deletes it) so that restarts resume jobs and Reroll/Remix work.
+
+A job goes queued → running → generated → delivered, or ends failed / cancelled. "generated"
+means its result is stored (the result's JSON on the job, the image bytes in `job_images`) and
+not yet confirmed posted: a restart posts it. The images stay until the record is purged, for
+later features that build on them. A failed or cancelled job whose `result_message_id` is still
+NULL has not been reported to its user yet. Opening an older database adds what is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from inference import Img2ImgRequest
+from inference import GeneratedImage, Img2ImgRequest, Img2ImgResult
 
-__all__ = ["GuildPolicy", "JobRecord", "JobStatus", "JobStore"]
+__all__ = ["DailyQuotas", "GuildPolicy", "JobRecord", "JobStatus", "JobStore", "QuotaExceeded"]
 
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "generated", "delivered", "failed", "cancelled"]
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -39,11 +46,28 @@ CREATE TABLE IF NOT EXISTS jobs (
     seeds TEXT NOT NULL DEFAULT '[]',
     nsfw TEXT NOT NULL DEFAULT '[]',
     message_id INTEGER,
-    error TEXT
+    error TEXT,
+    starts INTEGER NOT NULL DEFAULT 0,
+    external_id TEXT,
+    result TEXT,
+    result_message_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS job_images (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, idx)
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_guild ON jobs (guild_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS deleted_usage (
+    owner_id INTEGER NOT NULL,
+    guild_id INTEGER,
+    created_at REAL NOT NULL,
+    images INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS guild_policy (
     guild_id INTEGER PRIMARY KEY,
     default_safety_checker_type TEXT,
@@ -69,7 +93,57 @@ class JobRecord:
     seeds: list[int] = field(default_factory=list)
     nsfw: list[bool] = field(default_factory=list)
     message_id: int | None = None
+    """The job's status message: the interaction's response, or a channel message."""
     error: str | None = None
+    starts: int = 0
+    """How many times the job was handed to the backend (one more than the restarts it caused)."""
+    external_id: str | None = None
+    """The backend's handle for the job (`inference.ProgressEvent.external_id`)."""
+    result_message_id: int | None = None
+    """The message that shows the job's outcome (0: shown without one, e.g. privately)."""
+
+
+_ADDED_COLUMNS = {
+    "starts": "INTEGER NOT NULL DEFAULT 0",
+    "external_id": "TEXT",
+    "result": "TEXT",
+    "result_message_id": "INTEGER",
+}
+"""Columns newer than the first schema, added to an older database when it is opened."""
+_UNFINISHED = "('queued', 'running')"
+_KEPT = "('queued', 'running', 'generated')"  # what deleting a user's records leaves alone
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an older version up to this schema."""
+    present = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    if "result_message_id" not in present:
+        # Jobs that ended before outcomes were tracked were reported then (or never will be).
+        conn.execute("UPDATE jobs SET status = 'delivered' WHERE status = 'done'")
+        conn.execute(
+            f"UPDATE jobs SET result_message_id = 0 WHERE status NOT IN {_UNFINISHED}"  # noqa: S608
+        )
+
+
+@dataclass(frozen=True)
+class DailyQuotas:
+    """Images allowed per user and per guild since `since` (0: no limit)."""
+
+    since: float
+    per_user: int = 0
+    per_guild: int = 0
+
+
+@dataclass(frozen=True)
+class QuotaExceeded:
+    """The daily quota a job would go over, and the images already counted against it."""
+
+    scope: Literal["user", "guild"]
+    limit: int
+    used: int
 
 
 @dataclass(frozen=True)
@@ -102,18 +176,26 @@ class JobStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
+        with _transaction(conn):
+            _migrate(conn)
         self._conn = conn
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+        """Close after the statement in progress (in another thread) has finished."""
+
+        def close_locked() -> None:
+            with self._lock:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
+
+        await asyncio.to_thread(close_locked)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
-            if self._conn is None:
-                raise RuntimeError("the job store is not open")
             with self._lock:
+                if self._conn is None:
+                    raise RuntimeError("the job store is not open")
                 return work(self._conn)
 
         return await asyncio.to_thread(locked)
@@ -121,29 +203,37 @@ class JobStore:
     # -- jobs ------------------------------------------------------------------------------------
 
     async def add(self, job: JobRecord) -> None:
-        row = (
-            job.id,
-            job.owner_id,
-            job.guild_id,
-            job.channel_id,
-            job.request.model_dump_json(),
-            job.init_image,
-            job.status,
-            job.created_at,
-            json.dumps(job.seeds),
-            job.message_id,
-        )
-        await self._run(
-            lambda c: c.execute(
-                "INSERT INTO jobs (id, owner_id, guild_id, channel_id, request, init_image, status,"
-                " created_at, seeds, message_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                row,
-            )
-        )
+        await self._run(lambda c: _insert(c, job))
+
+    async def reserve(self, job: JobRecord, quotas: DailyQuotas) -> QuotaExceeded | None:
+        """Add `job` unless it takes its owner or guild past a daily quota; None when added.
+
+        The count and the insert are one transaction (BEGIN IMMEDIATE, under the store's lock):
+        jobs submitted at the same moment cannot all fit in a quota's last place.
+        """
+
+        def work(c: sqlite3.Connection) -> QuotaExceeded | None:
+            with _transaction(c):
+                exceeded = _over_quota(c, job, quotas)
+                if exceeded is None:
+                    _insert(c, job)
+                return exceeded
+
+        return await self._run(work)
 
     async def update(self, job_id: str, **changes: Any) -> None:
         """Set columns of one job; lists are stored as JSON."""
-        allowed = {"status", "started_at", "finished_at", "seeds", "nsfw", "message_id", "error"}
+        allowed = {
+            "status",
+            "started_at",
+            "finished_at",
+            "seeds",
+            "nsfw",
+            "message_id",
+            "error",
+            "external_id",
+            "result_message_id",
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown job columns: {sorted(unknown)}")
@@ -151,6 +241,80 @@ class JobStore:
         assignments = ", ".join(f"{name} = ?" for name in values)
         params = (*values.values(), job_id)
         await self._run(lambda c: c.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", params))  # noqa: S608
+
+    async def start(self, job_id: str) -> int:
+        """Mark the job running (again) and count the start; the number of starts so far."""
+
+        def work(c: sqlite3.Connection) -> int:
+            c.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, starts = starts + 1"
+                " WHERE id = ?",
+                (time.time(), job_id),
+            )
+            row = c.execute("SELECT starts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return int(row["starts"]) if row else 0
+
+        return await self._run(work)
+
+    async def requeue(self, job_id: str) -> None:
+        """A running job handed back at shutdown: queued again, and this start not counted
+        (only starts that ended the bot count towards giving up on a job)."""
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE jobs SET status = 'queued', starts = MAX(starts - 1, 0)"
+                " WHERE id = ? AND status = 'running'",
+                (job_id,),
+            )
+        )
+
+    async def save_result(self, job_id: str, result: Img2ImgResult) -> None:
+        """Store the result (JSON and image bytes) and mark the job generated, atomically."""
+        wire = result.to_wire()
+        wire.pop("images")
+        images = [
+            (job_id, index, image.model_dump_json(exclude={"data"}), image.data)
+            for index, image in enumerate(result.images)
+        ]
+        job = (
+            json.dumps(wire),
+            time.time(),
+            json.dumps(result.seeds),
+            json.dumps(result.nsfw_content_detected),
+            job_id,
+        )
+
+        def work(c: sqlite3.Connection) -> None:
+            with _transaction(c):
+                c.execute("DELETE FROM job_images WHERE job_id = ?", (job_id,))
+                c.executemany("INSERT INTO job_images VALUES (?,?,?,?)", images)
+                c.execute(
+                    "UPDATE jobs SET status = 'generated', result = ?, finished_at = ?,"
+                    " seeds = ?, nsfw = ? WHERE id = ?",
+                    job,
+                )
+
+        await self._run(work)
+
+    async def result(self, job_id: str) -> Img2ImgResult | None:
+        """The stored result, images included (None when the job has none)."""
+
+        def work(c: sqlite3.Connection) -> Img2ImgResult | None:
+            row = c.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["result"] is None:
+                return None
+            images = c.execute(
+                "SELECT meta, data FROM job_images WHERE job_id = ? ORDER BY idx", (job_id,)
+            ).fetchall()
+            return Img2ImgResult.model_validate_json(row["result"]).model_copy(
+                update={
+                    "images": [
+                        GeneratedImage.model_validate({**json.loads(i["meta"]), "data": i["data"]})
+                        for i in images
+                    ]
+                }
+            )
+
+        return await self._run(work)
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._run(
@@ -167,6 +331,17 @@ class JobStore:
         )
         return [_record(r) for r in rows]
 
+    async def unreported(self) -> list[JobRecord]:
+        """Jobs whose outcome the user has not been shown: results not yet posted, failures and
+        cancellations not yet reported; oldest first."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT * FROM jobs WHERE status = 'generated' OR (status IN ('failed',"
+                " 'cancelled') AND result_message_id IS NULL) ORDER BY created_at"
+            ).fetchall()
+        )
+        return [_record(r) for r in rows]
+
     async def recent_for_user(self, owner_id: int, limit: int = 10) -> list[JobRecord]:
         rows = await self._run(
             lambda c: c.execute(
@@ -177,38 +352,34 @@ class JobStore:
         return [_record(r) for r in rows]
 
     async def delete_finished_for_user(self, owner_id: int) -> int:
-        """Delete a user's finished records (running jobs are kept so they can complete)."""
-        cursor = await self._run(
-            lambda c: c.execute(
-                "DELETE FROM jobs WHERE owner_id = ? AND status NOT IN ('queued', 'running')",
-                (owner_id,),
-            )
-        )
-        return int(cursor.rowcount)
+        """Delete a user's finished records with their images (jobs still running or waiting to
+        be posted are kept so they can complete)."""
+        where = f"owner_id = ? AND status NOT IN {_KEPT}"
+        return await self._run(lambda c: _delete_jobs(c, where, (owner_id,)))
 
     async def count_since(
-        self, since: float, *, owner_id: int | None = None, guild_id: int | None = None
+        self,
+        since: float,
+        *,
+        owner_id: int | None = None,
+        guild_id: int | None = None,
+        excluding: Collection[str] = (),
     ) -> int:
-        """Images requested since `since` (for daily quotas), cancelled jobs not counted."""
-        where, params = ["created_at >= ?", "status != 'cancelled'"], [since]
-        if owner_id is not None:
-            where.append("owner_id = ?")
-            params.append(owner_id)
-        if guild_id is not None:
-            where.append("guild_id = ?")
-            params.append(guild_id)
-        sql = "SELECT request FROM jobs WHERE " + " AND ".join(where)  # noqa: S608
-        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
-        return sum(int(json.loads(r["request"]).get("samples", 1)) for r in rows)
+        """Images counted against daily quotas since `since`, the jobs `excluding` left out.
 
-    async def purge_older_than(self, cutoff: float) -> int:
-        cursor = await self._run(
-            lambda c: c.execute(
-                "DELETE FROM jobs WHERE created_at < ? AND status NOT IN ('queued', 'running')",
-                (cutoff,),
+        Jobs cancelled before they started are free; one cancelled while running counts (it has
+        used the GPU or the paid API).
+        """
+        return await self._run(
+            lambda c: _images_since(
+                c, since, owner_id=owner_id, guild_id=guild_id, excluding=excluding
             )
         )
-        return int(cursor.rowcount)
+
+    async def purge_older_than(self, cutoff: float) -> int:
+        """Delete records (with their images) created before `cutoff`, unfinished jobs kept."""
+        where = f"created_at < ? AND status NOT IN {_UNFINISHED}"
+        return await self._run(lambda c: _delete_jobs(c, where, (cutoff,)))
 
     # -- guild policy ----------------------------------------------------------------------------
 
@@ -266,4 +437,105 @@ def _record(row: sqlite3.Row) -> JobRecord:
         nsfw=json.loads(row["nsfw"]),
         message_id=row["message_id"],
         error=row["error"],
+        starts=row["starts"],
+        external_id=row["external_id"],
+        result_message_id=row["result_message_id"],
     )
+
+
+def _insert(conn: sqlite3.Connection, job: JobRecord) -> None:
+    row = (
+        job.id,
+        job.owner_id,
+        job.guild_id,
+        job.channel_id,
+        job.request.model_dump_json(),
+        job.init_image,
+        job.status,
+        job.created_at,
+        json.dumps(job.seeds),
+        job.message_id,
+    )
+    conn.execute(
+        "INSERT INTO jobs (id, owner_id, guild_id, channel_id, request, init_image, status,"
+        " created_at, seeds, message_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        row,
+    )
+
+
+_COUNTED = "(status != 'cancelled' OR started_at IS NOT NULL)"
+"""Jobs that count against daily quotas: all but those cancelled before they started."""
+_IMAGES = "COALESCE(json_extract(request, '$.samples'), 1)"
+_USAGE_KEPT = 2 * 86_400  # seconds the usage of deleted records is kept (quotas look back a day)
+
+
+def _images_since(
+    conn: sqlite3.Connection,
+    since: float,
+    *,
+    owner_id: int | None = None,
+    guild_id: int | None = None,
+    excluding: Collection[str] = (),
+) -> int:
+    """`JobStore.count_since` in the caller's transaction."""
+    where = ["created_at >= ?"]
+    params: list[Any] = [since]
+    for column, value in (("owner_id", owner_id), ("guild_id", guild_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    deleted_sql = f"SELECT COALESCE(SUM(images), 0) FROM deleted_usage WHERE {' AND '.join(where)}"  # noqa: S608
+    deleted = int(conn.execute(deleted_sql, params).fetchone()[0])
+    where.append(_COUNTED)
+    if excluding:
+        where.append(f"id NOT IN ({','.join('?' * len(excluding))})")
+        params.extend(excluding)
+    sql = f"SELECT COALESCE(SUM({_IMAGES}), 0) FROM jobs WHERE {' AND '.join(where)}"  # noqa: S608
+    return deleted + int(conn.execute(sql, params).fetchone()[0])
+
+
+def _over_quota(
+    conn: sqlite3.Connection, job: JobRecord, quotas: DailyQuotas
+) -> QuotaExceeded | None:
+    """The first quota `job` would go over, counted in the caller's transaction."""
+    wanted = job.request.samples
+    if quotas.per_user:
+        used = _images_since(conn, quotas.since, owner_id=job.owner_id)
+        if used + wanted > quotas.per_user:
+            return QuotaExceeded("user", quotas.per_user, used)
+    if quotas.per_guild and job.guild_id is not None:
+        used = _images_since(conn, quotas.since, guild_id=job.guild_id)
+        if used + wanted > quotas.per_guild:
+            return QuotaExceeded("guild", quotas.per_guild, used)
+    return None
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN … COMMIT (ROLLBACK on error) on a connection in autocommit mode."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _delete_jobs(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> int:
+    """Delete the jobs matching `where` and their stored images; how many jobs."""
+    with _transaction(conn):
+        # What the deleted jobs used of today's quotas stays counted: deleting one's records
+        # must not reset a daily quota. Only owner, server, time and image count are kept.
+        conn.execute(
+            f"INSERT INTO deleted_usage SELECT owner_id, guild_id, created_at, {_IMAGES}"  # noqa: S608
+            f" FROM jobs WHERE ({where}) AND created_at >= ? AND {_COUNTED}",
+            (*params, time.time() - _USAGE_KEPT),
+        )
+        conn.execute("DELETE FROM deleted_usage WHERE created_at < ?", (time.time() - _USAGE_KEPT,))
+        conn.execute(
+            f"DELETE FROM job_images WHERE job_id IN (SELECT id FROM jobs WHERE {where})",  # noqa: S608
+            params,
+        )
+        cursor = conn.execute(f"DELETE FROM jobs WHERE {where}", params)  # noqa: S608
+        return int(cursor.rowcount)

@@ -2,13 +2,16 @@
 
 Order matters for Discord's 3-second deadline: the options are validated first (microseconds;
 a refusal is the ephemeral first response), then the interaction is deferred, and only then,
-once no other interaction is waiting for its acknowledgement, is the image downloaded and checked.
+once no other interaction is waiting for its acknowledgement, does the rest go on.
+
+Order matters for the bot's memory too: the job's place in the queue is taken (pending limits
+and daily quotas checked) before its image is downloaded or decoded, so a refused user costs no
+download; each kind of image source has its own bound on loads at once (`bot.loads`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,8 @@ from pydantic import ValidationError
 
 from bot import messages
 from bot.jobs import QueueRefused
+from bot.loads import ImageLoads
+from bot.replies import answer_privately, defer_thinking
 from bot.store import JobRecord
 from inference import Img2ImgRequest, InvalidImage, InvalidRequest
 from inference.images import decode_image, fetch_image
@@ -49,7 +54,7 @@ USER_OPTIONS = (
     "clip_skip",
     "tomesd",
 )
-"""The request fields a Discord user may set (CONTRACT section 8)."""
+"""The request fields a Discord user may set (docs/reference.md §8)."""
 
 _ALIASES = {
     "steps": "num_inference_steps",
@@ -65,11 +70,13 @@ _ALIASES = {
 
 @dataclass(frozen=True)
 class ImageSource:
-    """Where the init image comes from: an attachment, a URL, or bytes we already hold."""
+    """Where the init image comes from: an attachment, a URL, bytes we already hold, or the
+    stored input of an earlier job (`stored`: its id; read only when the job is submitted)."""
 
     attachment: discord.Attachment | None = None
     url: str | None = None
     data: bytes | None = None
+    stored: str | None = None
 
 
 def parse_options_line(text: str) -> dict[str, str]:
@@ -118,43 +125,56 @@ async def _apply_channel_policy(
 
 async def _respond(interaction: discord.Interaction[Img2ImgBot], text: str) -> None:
     """An ephemeral answer, whether or not the interaction was deferred already."""
-    if interaction.response.is_done():
-        with contextlib.suppress(discord.HTTPException):
-            await interaction.delete_original_response()
-        await interaction.followup.send(text, ephemeral=True)
-    else:
-        await interaction.response.send_message(text, ephemeral=True)
+    await answer_privately(interaction, text)
+
+
+def _bound(loads: ImageLoads, source: ImageSource) -> asyncio.Semaphore:
+    if source.attachment is not None:
+        return loads.attachments
+    return loads.links if source.url is not None else loads.stored
+
+
+async def _read(bot: Img2ImgBot, source: ImageSource) -> bytes:
+    limit = bot.inference_settings.ingest.max_image_bytes
+    if source.data is not None:
+        return source.data
+    if source.stored is not None:
+        record = await bot.store.get(source.stored)
+        if record is None or not record.init_image:
+            raise InvalidImage(messages.INPUT_GONE)
+        return record.init_image
+    if source.url is not None:
+        return await fetch_image(source.url, settings=bot.inference_settings)
+    if source.attachment is None:
+        raise InvalidImage(messages.NO_IMAGE)
+    attachment = source.attachment
+    kind = attachment.content_type or ""
+    if kind and not kind.startswith("image/"):
+        raise InvalidImage(messages.not_an_image(attachment.filename, kind))
+    if attachment.size > limit:
+        raise InvalidImage(messages.image_too_large(attachment.filename, attachment.size, limit))
+    try:
+        return await attachment.read()
+    except discord.HTTPException:
+        raise InvalidImage(messages.ATTACHMENT_UNREADABLE) from None
 
 
 async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:
-    limit = bot.inference_settings.ingest.max_image_bytes
-    if source.data is not None:
-        data = source.data
-    elif source.attachment is not None:
-        attachment = source.attachment
-        kind = attachment.content_type or ""
-        if kind and not kind.startswith("image/"):
-            raise InvalidImage(messages.not_an_image(attachment.filename, kind))
-        if attachment.size > limit:
-            raise InvalidImage(
-                messages.image_too_large(attachment.filename, attachment.size, limit)
-            )
-        try:
-            data = await attachment.read()
-        except discord.HTTPException:
-            raise InvalidImage(messages.ATTACHMENT_UNREADABLE) from None
-    elif source.url is not None:
-        data = await fetch_image(source.url, settings=bot.inference_settings)
-    else:
-        raise InvalidImage(messages.NO_IMAGE)
-    await asyncio.to_thread(decode_image, data)  # refuse unusable images before queueing
+    """The image's bytes, read and decoded once (unusable images are refused before queueing)."""
+    loads = bot.image_loads
+    max_pixels = bot.inference_settings.ingest.max_image_pixels
+    async with _bound(loads, source):
+        data = await _read(bot, source)
+        async with loads.decodes:
+            await asyncio.to_thread(decode_image, data, max_pixels=max_pixels)
     return data
 
 
 async def submit_job(
     interaction: discord.Interaction[Img2ImgBot], body: dict[str, Any], source: ImageSource
 ) -> str | None:
-    """Validate, acknowledge, fetch, queue. Every refusal is an ephemeral message.
+    """Validate, acknowledge, take a place in the queue, load the image, queue. Every refusal
+    is an ephemeral message.
 
     Returns the job id when the job was queued.
     """
@@ -170,18 +190,36 @@ async def submit_job(
     except ValidationError as exc:
         await _respond(interaction, messages.describe_validation_error(exc))
         return None
+    thinking_id = None
     if not interaction.response.is_done():
-        await interaction.response.defer(thinking=True)
+        thinking_id = await defer_thinking(interaction)
     await bot.acks.settled()  # a burst's other acknowledgements go first (bot/acks.py)
-    bound = bot.attachment_loads if source.attachment is not None else contextlib.nullcontext()
+    job_id = secrets.token_hex(6)
     try:
-        async with bound:
-            data = await _load_image(bot, source)
+        await bot.queue.hold(job_id, interaction.user.id, interaction.guild_id, request.samples)
+    except QueueRefused as refusal:
+        await _respond(interaction, messages.describe_refusal(refusal))
+        return None
+    try:
+        return await _load_and_queue(interaction, job_id, request, source, note, thinking_id)
+    finally:
+        bot.queue.release(job_id)  # the place, unless the job took it
+
+
+async def _load_and_queue(
+    interaction: discord.Interaction[Img2ImgBot],
+    job_id: str,
+    request: Img2ImgRequest,
+    source: ImageSource,
+    note: str | None,
+    status_message_id: int | None,
+) -> str | None:
+    bot = interaction.client
+    try:
+        data = await _load_image(bot, source)
     except InvalidRequest as exc:
         await _respond(interaction, str(exc))
         return None
-
-    job_id = secrets.token_hex(6)
     assert interaction.channel is not None
     channel = interaction.channel
     assert isinstance(channel, discord.abc.Messageable)
@@ -192,8 +230,16 @@ async def submit_job(
         channel_id=interaction.channel_id or 0,
         request=request,
         init_image=data,
+        message_id=status_message_id,  # stored with the job: a restart can finalise the reply
     )
-    reporter = bot.reporter(job_id, channel, interaction.user, interaction, note=note)
+    reporter = bot.reporter(
+        job_id,
+        channel,
+        interaction.user,
+        interaction,
+        note=note,
+        status_message_id=status_message_id,
+    )
     try:
         position = await bot.queue.submit(record, reporter)
     except QueueRefused as refusal:

@@ -32,14 +32,44 @@ async def _record(interaction: discord.Interaction[Img2ImgBot], job_id: str) -> 
     return record
 
 
+def _is_requester_or_moderator(
+    interaction: discord.Interaction[Img2ImgBot], *requesters: int | None
+) -> bool:
+    return interaction.user.id in requesters or interaction.permissions.manage_messages
+
+
 async def _may_manage(
     interaction: discord.Interaction[Img2ImgBot], record: JobRecord, action: str
 ) -> bool:
     """The requester and members with Manage Messages may; others are told so."""
-    if interaction.user.id == record.owner_id or interaction.permissions.manage_messages:
+    if _is_requester_or_moderator(interaction, record.owner_id):
         return True
     await interaction.response.send_message(messages.only_requester(action), ephemeral=True)
     return False
+
+
+async def _may_reuse_input(
+    interaction: discord.Interaction[Img2ImgBot], record: JobRecord, action: str
+) -> bool:
+    """Reroll and Remix run on the requester's input image, which was never posted: only the
+    requester and Manage Messages may; others are pointed at the posted images (Use N)."""
+    if _is_requester_or_moderator(interaction, record.owner_id):
+        return True
+    refusal = messages.input_is_the_requesters(action, record.owner_id)
+    await interaction.response.send_message(refusal, ephemeral=True)
+    return False
+
+
+def _requester_of(message: discord.Message | None) -> int | None:
+    """Who asked for the result on `message`, from the message itself: the user of the
+    interaction it answers, or for a channel message (posted after a restart or once the
+    interaction's token expired) the user its text mentions first."""
+    if message is None:
+        return None
+    if message.interaction_metadata is not None:
+        return message.interaction_metadata.user.id
+    mentioned = message.raw_mentions
+    return mentioned[0] if mentioned else None
 
 
 def options_line(record: JobRecord) -> str:
@@ -174,11 +204,14 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:n
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         try:
-            record = await _record(interaction, self.job_id)
-            if record is not None:
-                await self.act(interaction, record)
+            await self.run(interaction)
         except Exception as exc:
             await report_unexpected(interaction, exc, f"{self.action} button of job {self.job_id}")
+
+    async def run(self, interaction: discord.Interaction[Img2ImgBot]) -> None:
+        record = await _record(interaction, self.job_id)
+        if record is not None:
+            await self.act(interaction, record)
 
     async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
         raise NotImplementedError
@@ -207,6 +240,8 @@ class RerollButton(JobButton, template=rf"i2i:reroll:{JOB}"):
     action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.primary
 
     async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
+        if not await _may_reuse_input(interaction, record, "reroll this"):
+            return
         if not await _needs_input(interaction, record):
             source = ImageSource(data=record.init_image)
             await submit_job(interaction, _same_options(record, seed=None), source)
@@ -216,8 +251,11 @@ class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
     action, label, emoji = "remix", "Remix", "✏️"
 
     async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
+        if not await _may_reuse_input(interaction, record, "remix this"):
+            return
         if not await _needs_input(interaction, record):
-            modal = _remix_modal(record, ImageSource(data=record.init_image), "Remix")
+            # The modal keeps the job's id, not its image: read when it is submitted.
+            modal = _remix_modal(record, ImageSource(stored=record.id), "Remix")
             await interaction.response.send_modal(modal)
 
 
@@ -241,8 +279,14 @@ class UseImageButton(JobButton, template=rf"i2i:use:{JOB}:(?P<n>[1-9])"):
 class DeleteButton(JobButton, template=rf"i2i:delete:{JOB}"):
     action, label, emoji, style = "delete", "Delete", "🗑️", discord.ButtonStyle.danger
 
-    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
-        if not await _may_manage(interaction, record, "delete these images"):
+    async def run(self, interaction: discord.Interaction[Img2ImgBot]) -> None:
+        """Works without the job's record (deleted, or past retention): the requester is known
+        from the message itself."""
+        record = await interaction.client.store.get(self.job_id)
+        owner = record.owner_id if record is not None else None
+        if not _is_requester_or_moderator(interaction, owner, _requester_of(interaction.message)):
+            refusal = messages.only_requester("delete these images")
+            await interaction.response.send_message(refusal, ephemeral=True)
             return
         await interaction.response.defer()
         if interaction.message is not None:

@@ -10,13 +10,27 @@ from inference.port import Backend
 from inference.safety import NsfwDetector
 from inference.settings import InferenceSettings
 
-__all__ = ["create_backend"]
+__all__ = ["create_backend", "create_inference_backend"]
 
 
 def create_backend(
     settings: InferenceSettings, name: str | None = None, *, detector: NsfwDetector
 ) -> Backend:
-    """Build the backend named by `name` (or `settings.backend`): "local" or "modelslab"."""
+    """The backend jobs go to: with `IMG2IMG_QUEUE` a Redis URL, the remote queue (GPU worker
+    processes run the jobs; no torch here, `name` and `detector` are the workers' business);
+    otherwise the backend named by `name` (or `settings.backend`), in this process."""
+    if settings.remote.redis_url is not None:
+        from inference.remote.submitter import RemoteBackend
+
+        return RemoteBackend.from_settings(settings)
+    return create_inference_backend(settings, name, detector=detector)
+
+
+def create_inference_backend(
+    settings: InferenceSettings, name: str | None = None, *, detector: NsfwDetector
+) -> Backend:
+    """The backend that runs jobs itself, "local" or "modelslab", whatever `IMG2IMG_QUEUE` says
+    (what a worker wraps)."""
     chosen = name or settings.backend
     if chosen == "local":
         from inference.local.backend import LocalBackend

@@ -2,9 +2,11 @@
 
 The command line is described in docs/reference.md §5. Flags are the request's fields with dashes
 (`--negative-prompt`, `--num-inference-steps`, ...), given as text and validated exactly like an
-API body; `--request FILE.json` holds an API body that flags override. Images go to `--out`
-(checked before the job runs), the result JSON to stdout, progress to stderr. Every failure ends
-in one line on stderr (`--debug` adds the traceback): exit 2 for invalid input, 1 otherwise. The
+API body; `--request FILE.json` holds an API body that flags override. Before the job runs, the
+backend's start-up checks run as the bot's do (`inference.preflight`: torch and diffusers, the
+device, the models file; the ModelsLab key) and `--out` is checked. Images go to `--out`, the
+result JSON to stdout, progress to stderr. Every failure ends in one line on stderr per problem
+(`--debug` adds the traceback): exit 2 for invalid input or settings, 1 otherwise. The
 key is never printed; it comes from the settings (or the request file's `key`), never from a
 flag, so it stays out of `ps`.
 """
@@ -29,6 +31,9 @@ from inference.backends import create_backend
 from inference.cli_help import field_help
 from inference.errors import InferenceError, InvalidImage, InvalidRequest
 from inference.port import CancelToken, Job, ProgressEvent
+from inference.preflight import backend_problems
+from inference.remote.worker_cli import add_parser as add_worker_parser
+from inference.remote.worker_cli import main as run_worker
 from inference.request import Img2ImgRequest
 from inference.result import Img2ImgResult
 from inference.safety import OpenNsfwDetector
@@ -44,8 +49,10 @@ The images go to --out, the result JSON to stdout, progress to stderr."""
 _EPILOG = """\
 Values are validated like a ModelsLab API body. The command line, the request fields and the
 settings are described in this repository's README.md and docs/reference.md (§2 the request,
-§5 the command line). Exit status: 0 success, 2 invalid input (or an unusable --out or
-settings), 1 when the backend fails, 130 when interrupted."""
+§5 the command line). Before the job, the backend's start-up checks run as the bot's do
+(torch and diffusers installed, the device, the models file's entries; the ModelsLab key).
+Exit status: 0 success, 2 invalid input (or an unusable --out, settings or failed start-up
+check: one line per problem), 1 when the backend fails, 130 when interrupted."""
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument(
         "--debug", action="store_true", help="log details and show tracebacks of errors"
     )
+    add_worker_parser(commands)  # `python -m inference worker`: inference.remote.worker_cli
     return parser
 
 
@@ -187,9 +195,12 @@ async def _generate(args: argparse.Namespace, stderr: TextIO) -> int:
     try:
         settings = InferenceSettings.from_env()
     except InvalidSettings as exc:
-        return _fail(stderr, EXIT_INVALID, str(exc))
+        return _fail(stderr, EXIT_INVALID, *exc.problems)
     try:
         request = Img2ImgRequest.model_validate(_read_body(args))
+        own_key = request.key is not None  # a request file may bring the ModelsLab key
+        if problems := backend_problems(settings, args.backend, request_key=own_key):
+            return _fail(stderr, EXIT_INVALID, *problems)  # the bot's start-up checks
         _check_out(args.out)
         data = await _init_image(args, request, settings)
     except ValidationError as exc:
@@ -217,10 +228,12 @@ async def _generate(args: argparse.Namespace, stderr: TextIO) -> int:
     return EXIT_OK
 
 
-def _fail(stderr: TextIO, code: int, message: str) -> int:
-    """Say what failed; the cause's traceback, if any, is logged at debug level (`--debug`)."""
+def _fail(stderr: TextIO, code: int, *messages: str) -> int:
+    """Say what failed, one line per message; the cause's traceback, if any, is logged at debug
+    level (`--debug`)."""
     log.debug("the job failed", exc_info=True)
-    print(f"error: {message}", file=stderr)
+    for message in messages:
+        print(f"error: {message}", file=stderr)
     return code
 
 
@@ -247,6 +260,8 @@ class _OneLineFormatter(logging.Formatter):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.debug)
+    if args.command == "worker":
+        return run_worker(args)
     try:
         return asyncio.run(_generate(args, sys.stderr))
     except KeyboardInterrupt:

@@ -26,7 +26,10 @@ _NOTES = {
     "lora_strength": "one number 0..1 per LoRA, comma-separated",
     "vae": "a VAE name from the models file",
     "clip_skip": "1 = the last CLIP layer (no skip), 2 = the penultimate, ...",
-    "webhook": "an https URL that receives the result as JSON",
+    "webhook": (
+        "an https URL that receives the result as JSON, with the images as base64 (plain http "
+        "only to private hosts, where IMG2IMG_ALLOW_PRIVATE_URLS is on)"
+    ),
     "track_id": "echoed in the result",
 }
 _UNSET = {

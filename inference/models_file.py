@@ -1,4 +1,4 @@
-"""Reading the models file (CONTRACT section 7): its default model and its three tables.
+"""Reading the models file (docs/reference.md §7): its default model and its three tables.
 
 This is the one reader of the file: the local backend's registry checks the entries in full, the
 bot takes the names for autocomplete. Pure Python (tomllib); no backend is imported.

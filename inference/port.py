@@ -119,6 +119,8 @@ class Backend(Protocol):
         """Run `job` to completion; raise `InferenceError` subclasses on failure."""
         ...
 
-    async def aclose(self) -> None:
-        """Release connections, threads and GPU memory."""
+    async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Release connections, threads and GPU memory, taking at most about `timeout` seconds
+        (None: the backend's own bound). A stopping bot passes what is left of its shutdown
+        grace, so that the whole stop fits in the container's stop timeout."""
         ...

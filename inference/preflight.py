@@ -31,10 +31,19 @@ def backend_problems(
     name: str | None = None,
     *,
     importer: Importer = importlib.import_module,
+    request_key: bool = False,
+    own_backend: bool = False,
 ) -> list[str]:
-    """What would stop the backend `name` (or `settings.backend`) from starting."""
+    """What would stop the backend `name` (or `settings.backend`) from starting.
+
+    `request_key`: the request brings its own ModelsLab key (the CLI's request file may).
+    `own_backend`: the caller runs the backend even though `IMG2IMG_QUEUE` is set (a worker);
+    otherwise a submitter to the remote queue needs nothing here.
+    """
+    if settings.remote.redis_url is not None and not own_backend:
+        return []
     if (name or settings.backend) == "modelslab":
-        if settings.modelslab.api_keys:
+        if settings.modelslab.api_keys or request_key:
             return []
         return ["IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY (or MODELSLAB_API_KEYS)."]
     return runtime_problems(settings.local.device, importer) + models_file_problems(

@@ -1,6 +1,6 @@
 """`Img2ImgRequest`: the body of the ModelsLab image-to-image endpoint, validated.
 
-Field names, types and defaults follow CONTRACT section 2. The API's own JSON is accepted as sent:
+Field names, types and defaults follow docs/reference.md §2. The API's own JSON is accepted as sent:
 numbers as strings ("samples": "1"), "yes"/"no" flags (booleans too), empty strings for "not set".
 Every refusal is a `pydantic.ValidationError` naming the field and what is allowed; the input is
 hidden from error messages so the secret `key` can never appear in one.
@@ -127,7 +127,7 @@ OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
 def derive_size(
     image_size: tuple[int, int], width: int | None, height: int | None
 ) -> tuple[int, int]:
-    """The output size for an init image of `image_size` (CONTRACT section 2).
+    """The output size for an init image of `image_size` (docs/reference.md §2).
 
     Both given: used as is. One given: the other follows the image's aspect ratio. Neither: the
     longer side is 512 and the shorter follows the aspect ratio. Derived sides are snapped to a

@@ -1,4 +1,4 @@
-"""The result every backend returns, and its API-shaped JSON dump (CONTRACT section 3)."""
+"""The result every backend returns, and its API-shaped JSON dump (docs/reference.md §3)."""
 
 from __future__ import annotations
 

@@ -12,8 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar, cast
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "InvalidSettings",
     "LocalSettings",
     "ModelsLabSettings",
+    "QueueSettings",
     "SecretList",
     "SettingsBase",
     "env_names",
@@ -150,6 +159,8 @@ class IngestSettings(SettingsBase):
 
     allow_private_urls: bool = False
     max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    # inference.images.DEFAULT_MAX_PIXELS (not imported: the images package imports settings)
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     fetch_timeout: float = Field(20.0, gt=0)
 
 
@@ -187,6 +198,46 @@ class ModelsLabSettings(SettingsBase):
     webhook_public_url: str | None = None
 
 
+class QueueSettings(SettingsBase):
+    """Where jobs go: in-process (`local`) or to GPU worker processes through Redis."""
+
+    model_config = SettingsConfigDict(env_prefix="IMG2IMG_")
+
+    url: SecretStr = Field(SecretStr("local"), validation_alias=_env("IMG2IMG_QUEUE"))
+    """`local`, or `redis://[:password@]host:port/db` / `rediss://…` (secret: it may hold a
+    password)."""
+    worker_lease: float = Field(30.0, gt=0, le=3600)
+    queue_backoff: float = Field(5.0, gt=0, le=300)  # longest wait between tries to reach Redis
+    shutdown_grace: float = Field(30.0, ge=0, validation_alias=_env("IMG2IMG_SHUTDOWN_GRACE"))
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _local_or_redis_url(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value().strip()
+        if text.lower() in ("", "local"):
+            return SecretStr("local")
+        parts = urlsplit(text)
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number)
+            database = parts.path.strip("/")
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ValueError
+            if database and not database.isdigit():
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                "must be `local` or a Redis URL: redis://[:password@]host:port/db "
+                "(rediss://… for TLS), e.g. redis://localhost:6379/0"
+            ) from None
+        return SecretStr(text)
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis URL when jobs go to workers; None for the in-process queue."""
+        text = self.url.get_secret_value()
+        return None if text == "local" else text
+
+
 class InferenceSettings(SettingsBase):
     """Everything the backends, image ingest and safety need."""
 
@@ -198,6 +249,8 @@ class InferenceSettings(SettingsBase):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     modelslab: ModelsLabSettings = Field(default_factory=ModelsLabSettings)
+    # `remote`, not `queue`: a section named `queue` would also read IMG2IMG_QUEUE as JSON
+    remote: QueueSettings = Field(default_factory=QueueSettings)
 
 
 def private_urls_allowed() -> bool:

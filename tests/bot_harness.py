@@ -14,7 +14,13 @@ from PIL import Image
 
 from bot.__main__ import build_bot
 from bot.client import Img2ImgBot
-from bot.config import BotSettings, DiscordSettings, LimitSettings, StoreSettings
+from bot.config import (
+    BotSettings,
+    DeliverySettings,
+    DiscordSettings,
+    LimitSettings,
+    StoreSettings,
+)
 from inference import Backend, InferenceSettings
 from inference.settings import IngestSettings
 
@@ -31,6 +37,7 @@ def bot_settings(fake: FakeDiscord, database: Path, **overrides: Any) -> BotSett
         "limits": LimitSettings(max_pending_per_user=3),
         "progress_interval": 0.05,
         "shutdown_grace": 0.0,
+        "delivery": DeliverySettings(retry_first=0.05, retry_cap=0.5),
         **overrides,
     }
     return BotSettings(**values)
@@ -42,9 +49,13 @@ async def running_bot(
     backend: Backend,
     database: Path,
     models_file: Path,
+    *,
+    wait_resumed: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[Img2ImgBot]:
-    """The bot, logged in to `fake`, commands synced; closed (and its backend) on exit."""
+    """The bot, logged in to `fake`, commands synced, and (`wait_resumed`) the jobs a restart
+    found queued again or handed to be posted (`bot.resuming`); closed (and its backend) on
+    exit."""
     settings = bot_settings(fake, database, **overrides)
     ingest = IngestSettings(allow_private_urls=True)
     inference_settings = InferenceSettings(ingest=ingest, models_file=models_file)
@@ -52,6 +63,8 @@ async def running_bot(
     mark = fake.mark()
     async with running_client(bot, fake, token=BOT_TOKEN) as running:
         await fake.wait_commands_synced(after=mark)
+        if wait_resumed and running.resuming is not None:
+            await running.resuming
         yield running
 
 

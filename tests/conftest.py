@@ -6,11 +6,13 @@ Imports are inside the fixtures, so modules that never ask for them do not load 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from redis_server import RedisServer
     from tiny_models import TinyModels
 
     from inference.local.engine import Engine
@@ -40,3 +42,14 @@ def engine() -> Iterator[Engine]:
     engine = Engine(device="cpu", batch_size=4, cache_size=3)
     yield engine
     engine.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Redis server (tests/redis_server.py) for one test, stopped after it."""
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

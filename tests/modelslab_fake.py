@@ -6,7 +6,10 @@ newer `message` and `output: []`), error and failed bodies with HTTP 200, field 
 object. Outputs are real PNGs made from the init image (inverted, at the requested size) and 404
 until the job is done. Scenarios are scripted two ways: attributes that shape every job (`polls`
 or `ready_after`, `eta`, `output_404s`, `nsfw`, ...) and canned `Reply`s queued per route that
-are answered first (rate limits, HTML 500s, broken JSON, hangs). Every request is recorded.
+are answered first (rate limits, HTML 500s, broken JSON, hangs). Every request is recorded
+(`wait_until` waits for a condition on them). `lose_answers` accepts submissions whose answers never
+come (the API took the job, the client never hears); `fetch_result_base` names another origin in
+`fetch_result`.
 An `init_image` URL is fetched from the fake's own `/inputs/` (an input that is gone, like an
 expired Discord CDN link, is an error answer); with `"base64": "yes"` it is the image itself.
 """
@@ -21,6 +24,7 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +77,9 @@ class FakeJob:
 class FakeModelsLab:
     """Use as `async with FakeModelsLab() as fake:`; `fake.base_url` is its origin."""
 
-    def __init__(self, *, keys: tuple[str, ...] = (API_KEY,)) -> None:
+    def __init__(self, *, keys: tuple[str, ...] = (API_KEY,), port: int = 0) -> None:
         self.keys = set(keys)
+        self.port = port
         # Scenario knobs (per job).
         self.polls = 0  # fetches answered "processing" before the job is done
         # Seconds after its submission when a job is done, like a real server: readiness by the
@@ -83,6 +88,8 @@ class FakeModelsLab:
         self.eta = 0.05
         self.style = "new"  # "old": messege + output ""; "new": message + output []
         self.send_fetch_result = True
+        self.fetch_result_base: str | None = None  # origin in fetch_result; None: this server
+        self.lose_answers = 0  # next submissions accepted (job made) but never answered
         self.output_404s = 0  # 404s per output after the job is done
         self.nsfw: bool | list[bool] = False
         self.seed_style = "int"  # "int", "list" or "none"
@@ -102,6 +109,7 @@ class FakeModelsLab:
         self.inputs: dict[str, bytes] = {}
         self._ids = itertools.count(29763508)
         self._closing = asyncio.Event()
+        self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -118,7 +126,7 @@ class FakeModelsLab:
         app.router.add_get("/inputs/{name}", self._input)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         return self
@@ -158,6 +166,15 @@ class FakeModelsLab:
     def output_gets(self) -> dict[str, int]:
         return {name: n for job in self.jobs.values() for name, n in job.gets.items()}
 
+    async def wait_until(
+        self,
+        condition: Callable[[], bool],
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> None:
+        """Return once `condition()` holds; it is checked after every recorded request."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(condition)
+
     # -- handlers -------------------------------------------------------------------------------
 
     async def _record(self, request: web.Request) -> dict[str, Any] | None:
@@ -169,6 +186,8 @@ class FakeModelsLab:
         body = body if isinstance(body, dict) else None
         key = body.get("key") if body else None
         self.requests.append(Recorded(request.method, request.path, body, key))
+        async with self._changed:
+            self._changed.notify_all()
         return body
 
     async def _canned(self, route: str) -> web.Response | None:
@@ -201,6 +220,10 @@ class FakeModelsLab:
         job = self._new_job(body)
         if body.get("webhook"):
             self._spawn(self._deliver_webhook(job, str(body["webhook"])))
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            await self._closing.wait()
+            return web.Response(status=503)
         if self._ready(job):
             return _json(self._finish(job))
         return _json(self._processing(job))
@@ -313,7 +336,8 @@ class FakeModelsLab:
             "meta": self._meta(job),
         }
         if self.send_fetch_result:
-            answer["fetch_result"] = f"{self.base_url}/api/v3/dreambooth/fetch/{job.id}"
+            base = self.fetch_result_base or self.base_url
+            answer["fetch_result"] = f"{base}/api/v3/dreambooth/fetch/{job.id}"
         text = "Try to fetch request after seconds estimated"
         if self.style == "old":
             answer.update(messege=text, output="")

@@ -1,4 +1,4 @@
-"""Dependency direction (CONTRACT section 1): cogs -> bot -> inference, never the other way."""
+"""Dependency direction (docs/reference.md §1): cogs -> bot -> inference, never the other way."""
 
 from __future__ import annotations
 

@@ -250,7 +250,7 @@ async def test_a_slow_link_does_not_hold_up_other_users_attachments(
         async with running_bot(
             fake_discord, backend, tmp_path / "jobs.sqlite3", models.models_file
         ) as bot:
-            bot.attachment_loads = asyncio.Semaphore(1)
+            bot.image_loads.attachments = asyncio.Semaphore(1)
             world = fake_discord.world
             slow = await fake_discord.slash_command(
                 "img2img", {"prompt": "a fox", "image_url": slow_url, **FAST}, user=world.alice

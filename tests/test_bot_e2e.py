@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import torch
 from bot_harness import BOT_TOKEN, button_labels, has_images, image_sizes, running_bot
-from fakediscord import FakeDiscord
+from fakediscord import EventKind, FakeDiscord, FakeUser, StoredMessage
 from PIL import Image
 from test_local_backend import FakeDetector, Gate
 from tiny_models import TinyModels, gradient_image, png_bytes
 
+from bot import messages
 from inference.local.backend import LocalBackend
 from inference.local.registry import ModelRegistry
 
@@ -91,6 +92,35 @@ async def bot(
 async def slash(fake: FakeDiscord, user: Any = None, channel: Any = None, **options: Any) -> Any:
     body = {"prompt": "a red fox", "image": fake.attachment(INPUT, "fox.png"), **FAST, **options}
     return await fake.slash_command("img2img", body, user=user, channel=channel)
+
+
+def stranger(fake: FakeDiscord) -> FakeUser:
+    """A member without roles who did not ask for anything (bob is the usual requester)."""
+    carol = fake.world.new_user("carol")
+    fake.world.add_member(fake.world.guild, carol)
+    return carol
+
+
+def job_id_of(result: StoredMessage) -> str:
+    return str(result.embeds[0]["footer"]["text"]).split()[1]
+
+
+async def delete_by_stranger_then_owner(
+    fake: FakeDiscord, result: StoredMessage, other: FakeUser, owner: FakeUser
+) -> None:
+    """Delete on `result`: refused to `other`, done for `owner`."""
+    refused = await fake.click(result, label="Delete", user=other)
+    refusal = await refused.wait_response()
+    assert refusal.ephemeral and "Only the person" in refusal.data["content"]
+    assert not fake.message(result.id).deleted
+    mark = fake.mark()
+    delete = await fake.click(result, label="Delete", user=owner)
+    assert (await delete.wait_response()).type == 6
+    await fake.wait_for(
+        lambda e: e.kind is EventKind.MESSAGE_DELETED and e.message_id == result.id,
+        timeout=WAIT,
+        after=mark,
+    )
 
 
 async def test_slash_command_posts_one_message_with_images_and_buttons(
@@ -188,6 +218,90 @@ async def test_a_bad_attachment_is_refused_after_the_ack(
     )
     followup = await inter.wait_followup(lambda m: m.ephemeral, timeout=WAIT)
     assert "PDF" in followup.content or "not an image" in followup.content
+
+
+THINKING = "/webhooks/{application_id}/{token}/messages/@original"
+
+
+async def wait_text(fake: FakeDiscord, inter: Any, text: str) -> StoredMessage:
+    """The first message of `inter` (posted or edited, by any route) whose text has `text`."""
+    event = await fake.wait_for(
+        lambda e: (
+            e.kind in (EventKind.MESSAGE_CREATED, EventKind.MESSAGE_EDITED)
+            and e.interaction_id == inter.id
+            and e.message is not None
+            and text in e.message.content
+        ),
+        timeout=WAIT,
+    )
+    assert event.message is not None
+    return event.message
+
+
+def pings_anywhere(fake: FakeDiscord) -> set[str]:
+    """Everyone notified by any version of any message in the guild's channels."""
+    found: set[str] = set()
+    for channel in (fake.world.general, fake.world.nsfw):
+        for message in fake.messages(channel, include_deleted=True):
+            found |= message.pings
+    return found
+
+
+def public_texts(fake: FakeDiscord) -> list[str]:
+    return [
+        revision.content
+        for message in fake.messages(fake.world.general, include_deleted=True)
+        if not message.ephemeral
+        for revision in message.revisions
+    ]
+
+
+@pytest.mark.parametrize("delete_fails", [False, True])
+async def test_a_refusal_quoting_everyone_pings_nobody_and_stays_private(
+    fake_discord: FakeDiscord, bot: Any, delete_fails: bool
+) -> None:
+    fake = fake_discord
+    if delete_fails:  # the public "thinking…" message cannot be deleted
+        fake.inject_error("DELETE", THINKING, status=403, code=50001, message="Missing Access")
+    image = fake.attachment(b"just some text", "@everyone.txt")
+    inter = await fake.slash_command(
+        "img2img", {"prompt": "x", "image": image, **FAST}, user=fake.world.bob
+    )
+    refusal = await wait_text(fake, inter, "@everyone.txt")
+    assert refusal.ephemeral and "not an image" in refusal.content
+    assert pings_anywhere(fake) == set()
+    assert not [text for text in public_texts(fake) if "@everyone" in text]
+
+
+async def test_a_refusal_after_the_ack_stays_private_when_thinking_cannot_be_deleted(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    fake.inject_error("DELETE", THINKING, status=403, code=50001, message="Missing Access")
+    image = fake.attachment(b"%PDF-1.4 not an image", "@everyone.png")  # refused once read
+    inter = await fake.slash_command(
+        "img2img", {"prompt": "x", "image": image, **FAST}, user=fake.world.bob
+    )
+    refusal = await wait_text(fake, inter, "PDF")
+    assert refusal.ephemeral and refusal.id != inter.record.original_message_id
+    thinking = inter.original()
+    assert thinking is not None and not thinking.deleted and not thinking.ephemeral
+    assert thinking.content == messages.ANSWERED_PRIVATELY
+    assert not [text for text in public_texts(fake) if "PDF" in text]
+    assert pings_anywhere(fake) == set()
+    assert [e.data["path"] for e in fake.events_of(EventKind.FAULT_INJECTED)]  # it did fail
+
+
+async def test_a_result_pings_only_the_requester(fake_discord: FakeDiscord, bot: Any) -> None:
+    fake = fake_discord
+    requester = fake.world.bob
+    role = fake.world.guild.role("Moderator")
+    inter = await slash(fake, user=requester, prompt=f"@everyone @here <@&{role.id}> a fox")
+    done = await inter.wait_original(has_images(1), timeout=WAIT)
+    assert requester.mention in done.content
+    # Discord notifies nobody on an edit (the fake records it as if it did): at most the
+    # requester. A result posted as a new message pings them (the token-expiry test).
+    assert pings_anywhere(fake) <= {f"user:{requester.id}"}
 
 
 async def test_a_crash_shows_an_error_id_and_logs_the_details_with_the_job_id(
@@ -317,15 +431,15 @@ async def test_the_safety_checker_stays_on_outside_age_restricted_channels(
 
 async def test_buttons_reroll_remix_use_and_delete(fake_discord: FakeDiscord, bot: Any) -> None:
     fake = fake_discord
-    owner, other = fake.world.alice, fake.world.bob
+    owner, other = fake.world.bob, stranger(fake)
     inter = await slash(fake, user=owner, seed=7)
     done = await inter.wait_original(has_images(1), timeout=WAIT)
 
-    reroll = await fake.click(done, label="Reroll", user=other)
+    reroll = await fake.click(done, label="Reroll", user=owner)
     rerolled = await reroll.wait_original(has_images(1), timeout=WAIT)
     seeds = {f["name"]: f["value"] for f in rerolled.embeds[0]["fields"]}["Seeds"]
     assert seeds != "7"
-    assert other.mention in rerolled.content
+    assert owner.mention in rerolled.content
 
     remix = await fake.click(done, label="Remix", user=owner)
     assert (await remix.wait_response()).type == 9
@@ -338,19 +452,57 @@ async def test_buttons_reroll_remix_use_and_delete(fake_discord: FakeDiscord, bo
     used = await fake.submit_modal(use, {"Prompt": "from the result"})
     await used.wait_original(has_images(1), timeout=WAIT)
 
-    stranger = await fake.click(done, label="Delete", user=other)
-    refusal = await stranger.wait_response()
-    assert refusal.ephemeral and "Only the person" in refusal.data["content"]
-    assert not fake.message(done.id).deleted
-    mark = fake.mark()
-    delete = await fake.click(done, label="Delete", user=owner)
-    await delete.wait_response()
-    await fake.wait_for(
-        lambda e: e.kind.value == "message_deleted" and e.message and e.message.id == done.id,
-        timeout=WAIT,
-        after=mark,
-    )
-    assert fake.message(done.id).deleted
+    await delete_by_stranger_then_owner(fake, done, other, owner)
+
+
+async def test_only_the_requester_and_moderators_reuse_the_input_image(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    fake = fake_discord
+    owner, moderator, other = fake.world.bob, fake.world.alice, stranger(fake)
+    done = await (await slash(fake, user=owner, seed=7)).wait_original(has_images(1), timeout=WAIT)
+
+    for label in ("Reroll", "Remix"):
+        click = await fake.click(done, label=label, user=other)
+        refusal = await click.wait_response()
+        assert refusal.type == 4 and refusal.ephemeral, label
+        assert owner.mention in refusal.data["content"] and "Use N" in refusal.data["content"]
+    assert await bot.store.recent_for_user(other.id) == []
+
+    use = await fake.click(done, label="Use 1", user=other)  # the posted image is anyone's
+    assert (await use.wait_response()).type == 9
+    used = await fake.submit_modal(use, {"Prompt": "from the posted image"})
+    assert other.mention in (await used.wait_original(has_images(1), timeout=WAIT)).content
+
+    reroll = await fake.click(done, label="Reroll", user=moderator)  # Manage Messages
+    assert moderator.mention in (await reroll.wait_original(has_images(1), timeout=WAIT)).content
+    remix = await fake.click(done, label="Remix", user=moderator)
+    assert (await remix.wait_response()).type == 9
+
+
+@pytest.mark.parametrize("posted_as", ["interaction response", "channel message"])
+async def test_delete_works_after_the_record_is_gone(
+    fake_discord: FakeDiscord, bot: Any, gate: Gate, posted_as: str
+) -> None:
+    fake = fake_discord
+    owner, other = fake.world.bob, stranger(fake)
+    if posted_as == "channel message":  # the token expired: the requester is in the mention
+        gate.close()
+        inter = await slash(fake, user=owner)
+        await gate.wait_entered()
+        inter.expire_token()
+        gate.opened.set()
+        done = await fake.wait_message(fake.world.general, has_images(1), timeout=WAIT)
+        assert done.interaction_metadata is None
+    else:
+        done = await (await slash(fake, user=owner)).wait_original(has_images(1), timeout=WAIT)
+    history = await fake.slash_command("img2img-history", {}, user=owner)
+    listing = await history.wait_original(timeout=WAIT)
+    forget = await fake.click(listing, label="Delete my records", user=owner)
+    assert (await forget.wait_response()).type == 7
+    assert await bot.store.get(job_id_of(done)) is None
+
+    await delete_by_stranger_then_owner(fake, done, other, owner)
 
 
 async def test_restart_resumes_queued_jobs_and_old_buttons_work(
@@ -363,11 +515,11 @@ async def test_restart_resumes_queued_jobs_and_old_buttons_work(
     stuck = make_backend(models, gate)
     close_backend = stuck.aclose
 
-    async def release_the_gpu_then_close() -> None:
+    async def release_the_gpu_then_close(timeout: float | None = None) -> None:  # noqa: ASYNC109
         # The queue has already handed the running job back (grace 0); the GPU step may end now,
-        # so the backend's close does not wait out its own timeout on a held worker thread.
+        # so the worker thread does not go on holding the gate.
         gate.opened.set()
-        await close_backend()
+        await close_backend(timeout)
 
     stuck.aclose = release_the_gpu_then_close  # type: ignore[method-assign]
     async with running_bot(fake, stuck, database, models.models_file):
@@ -409,6 +561,7 @@ async def test_token_expiry_falls_back_to_a_channel_message(
     gate.opened.set()
     posted = await fake.wait_message(fake.world.general, has_images(1))
     assert fake.world.bob.mention in posted.content
+    assert posted.pings == {f"user:{fake.world.bob.id}"}
     assert button_labels(posted)[:3] == ["Reroll", "Remix", "Delete"]
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bot_harness import BOT_TOKEN, button_labels, has_images, image_sizes, running_bot
 from fakediscord import FakeDiscord
+from fakediscord.records import EventKind
 from modelslab_fake import API_KEY, FakeModelsLab, Reply
 from PIL import Image
 from pydantic import SecretStr
 from test_modelslab import FAST_POLL, FAST_RETRY, FakeDetector
 
+from bot.client import Img2ImgBot
 from inference.modelslab.backend import ModelsLabBackend
 from inference.modelslab.endpoints import ApiPaths, EndpointPool
 
@@ -115,7 +117,7 @@ async def test_an_api_failure_is_an_ephemeral_message(
 async def test_secrets_never_reach_discord(
     fake_discord: FakeDiscord, api: FakeModelsLab, bot: Any
 ) -> None:
-    api.script("img2img", Reply(status=500, body="<html>oops</html>", content_type="text/html"))
+    api.script("img2img", Reply(status=503, body="<html>oops</html>", content_type="text/html"))
     first = await slash(fake_discord, width=64, height=64)
     await first.wait_original(has_images(1), timeout=WAIT)
     api.script("img2img", Reply(body={"status": "failed", "id": "", "message": "Failed"}))
@@ -130,3 +132,44 @@ async def test_secrets_never_reach_discord(
     sent += [repr(m.revisions) for m in second.followups()]
     for text in sent:
         assert API_KEY not in text and BOT_TOKEN not in text
+
+
+def more_fetches_than(api: FakeModelsLab, seen: int) -> Callable[[], bool]:
+    return lambda: len(api.fetches) > seen
+
+
+async def stored_external_id(bot: Img2ImgBot, api: FakeModelsLab) -> str:
+    """The API's request id once the bot has stored it with the job; checked after each fetch
+    (the API keeps answering "processing"), a bounded number of times."""
+    await api.wait_until(lambda: bool(api.submits), timeout=WAIT)  # the job is stored by now
+    for _ in range(200):
+        (record,) = await bot.store.unfinished()
+        if record.external_id is not None:
+            return record.external_id
+        await api.wait_until(more_fetches_than(api, len(api.fetches)), timeout=WAIT)
+    raise AssertionError("the bot never stored the API's request id")
+
+
+async def test_a_job_the_api_accepted_is_not_paid_for_again_after_a_restart(
+    fake_discord: FakeDiscord, api: FakeModelsLab, tmp_path: Path
+) -> None:
+    database = tmp_path / "restart.sqlite3"
+    api.polls = 10**6  # still processing when the bot stops
+    async with running_bot(fake_discord, backend_for(api), database, MODELS_FILE) as first:
+        await slash(fake_discord, width=64, height=64, seed=5)
+        external_id = await stored_external_id(first, api)
+    (accepted,) = api.jobs.values()
+    assert external_id == str(accepted.id) and len(api.submits) == 1
+    accepted.polls_left = api.polls = 0  # the API finished the job while the bot was down
+    mark = fake_discord.mark()
+    async with running_bot(fake_discord, backend_for(api), database, MODELS_FILE) as second:
+        assert second.resumed_jobs == 1
+        done = await fake_discord.wait_message(
+            fake_discord.world.general,
+            has_images(1),
+            kinds=(EventKind.MESSAGE_CREATED, EventKind.MESSAGE_EDITED),
+            timeout=WAIT,
+            after=mark,
+        )
+    assert image_sizes(done) == [(64, 64)]
+    assert len(api.submits) == 1, "the job was submitted (and paid for) again after the restart"

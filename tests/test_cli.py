@@ -200,7 +200,7 @@ async def test_a_refused_key_exits_1_without_printing_it(
 
 
 async def test_a_failing_api_exits_1(fake: FakeModelsLab, tmp_path: Path, init_file: Path) -> None:
-    fake.script("img2img", *[Reply(502, "<html>Bad Gateway</html>", "text/html")] * 2)
+    fake.script("img2img", *[Reply(503, "<html>Unavailable</html>", "text/html")] * 2)
     run = await cli(fake, tmp_path, "--init-image", str(init_file), "--prompt", "x")
     assert run.code == 1 and "HTML page" in run.stderr and "Traceback" not in run.stderr
     assert len(fake.submits) == 2
@@ -265,15 +265,48 @@ async def test_an_unwritable_out_is_refused_before_the_job(
     assert line.startswith(f"error: --out {folder} is not a writable folder")
 
 
-async def test_invalid_settings_exit_2_in_one_line(
+async def test_invalid_settings_exit_2_with_one_line_each(
     fake: FakeModelsLab, tmp_path: Path, init_file: Path
 ) -> None:
-    run = await cli(
-        fake, tmp_path, "--init-image", str(init_file), "--prompt", "x", IMG2IMG_BATCH_SIZE="many"
-    )
+    bad = {"IMG2IMG_BATCH_SIZE": "many", "MODELSLAB_JOB_TIMEOUT": "soon"}
+    run = await cli(fake, tmp_path, "--init-image", str(init_file), "--prompt", "x", **bad)
     assert run.code == 2 and fake.submits == []
-    [line] = run.stderr.splitlines()
-    assert line.startswith("error: invalid settings: IMG2IMG_BATCH_SIZE:")
+    lines = run.stderr.splitlines()
+    assert len(lines) == 2, run.stderr
+    for name in bad:
+        assert any(line.startswith(f"error: invalid settings: {name}:") for line in lines)
+
+
+async def test_start_up_problems_exit_2_with_one_line_each(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    models = tmp_path / "models.toml"  # naming two local files that do not exist
+    models.write_text('[models.a]\nsource = "a.safetensors"\n[models.b]\nsource = "b/"\n')
+    local = {"IMG2IMG_MODELS": str(models), "IMG2IMG_DEVICE": "cpu"}
+    args = ("--backend", "local", "--init-image", str(init_file), "--prompt", "x")
+    run = await cli(fake, tmp_path, *args, **local)
+    assert run.code == 2 and run.stdout == "" and fake.submits == []
+    lines = run.stderr.splitlines()
+    assert len(lines) == 2, run.stderr
+    for line, name in zip(lines, "ab", strict=True):
+        assert line.startswith(f"error: {models}: [models.{name}] source")
+        assert "does not exist" in line
+
+
+async def test_modelslab_without_a_key_exits_2_unless_the_request_brings_one(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    args = ("--init-image", str(init_file), "--prompt", "x", "--out", str(tmp_path))
+    run = await cli(fake, tmp_path, *args, MODELSLAB_API_KEY="")
+    assert run.code == 2 and fake.submits == []
+    assert run.stderr.splitlines() == [
+        "error: IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY (or MODELSLAB_API_KEYS)."
+    ]
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"key": API_KEY, "safety_checker": "no"}))
+    run = await cli(fake, tmp_path, *args, "--request", str(body), MODELSLAB_API_KEY="")
+    assert run.code == 0, run.stderr
+    assert len(fake.submits) == 1
 
 
 def failing_backend(*args: object, **kwargs: object) -> None:
@@ -290,6 +323,7 @@ def broken_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """main() in this process, with a backend factory that fails as a bug would."""
     monkeypatch.chdir(tmp_path)  # no .env from the checkout
     monkeypatch.setenv("IMG2IMG_BACKEND", "modelslab")
+    monkeypatch.setenv("MODELSLAB_API_KEY", "sk-unused")  # passes the start-up checks
     monkeypatch.setattr(cli_module, "create_backend", failing_backend)
     inference_log = logging.getLogger("inference")
     level = inference_log.level

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from PIL import Image
 from tiny_models import TinyModels, gradient_image, png_bytes
 
@@ -72,14 +74,20 @@ def test_an_unknown_model_exits_2_with_the_known_names(models: TinyModels, tmp_p
     assert "nope" in run.stderr and "tiny" in run.stderr
 
 
-def test_a_backend_that_cannot_run_exits_1(models: TinyModels, tmp_path: Path) -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_cuda_device_is_refused_by_the_start_up_checks(
+    models: TinyModels, tmp_path: Path
+) -> None:
     init = tmp_path / "in.png"
     init.write_bytes(png_bytes(gradient_image(96, 64)))
     run = generate(
-        models, tmp_path, "--init-image", str(init), "--prompt", "x", IMG2IMG_DEVICE="cuda"
-    )
-    assert run.returncode == 1
-    assert "CUDA" in run.stderr
+        models, tmp_path, "--init-image", str(init), "--prompt", "x", IMG2IMG_DEVICE="cuda",
+        IMG2IMG_MODELS=str(tmp_path / "missing.toml"),
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stdout == ""
+    cuda, models_file = run.stderr.splitlines()  # every problem, one line each
+    assert cuda.startswith("error: IMG2IMG_DEVICE=cuda, but torch")
+    assert models_file.startswith("error: ") and "missing.toml" in models_file
 
 
 def test_a_hub_id_the_hub_cannot_serve_fails_in_one_line(
@@ -94,6 +102,10 @@ def test_a_hub_id_the_hub_cannot_serve_fails_in_one_line(
         IMG2IMG_MODELS=str(models_file), HF_HOME=str(tmp_path / "hf-home"),
     )  # fmt: skip
     assert run.returncode == 1 and run.stdout == ""
-    [error] = [line for line in run.stderr.splitlines() if not line.startswith("[")]
-    assert error.startswith("error: Model 'remote' cannot be loaded: HF_HUB_OFFLINE is on")
-    assert "local diffusers folder or a .safetensors file" in error
+    # the operator's fix (logged), then what failed and what to do for now
+    fix, error = [line for line in run.stderr.splitlines() if not line.startswith("[")]
+    assert fix.startswith("WARNING inference.local.hub: Model 'remote' cannot be loaded: ")
+    assert "HF_HUB_OFFLINE is on" in fix and str(tmp_path / "hf-home" / "hub") in fix
+    assert "local diffusers folder or a .safetensors file" in fix
+    assert error.startswith("error: Model 'remote' cannot be loaded: it is not downloaded on ")
+    assert error.endswith("For now, choose another model (model_id); the log says how to fix this.")

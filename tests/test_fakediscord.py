@@ -163,6 +163,12 @@ def make_bot(probe: Probe, intents: discord.Intents | None = None) -> commands.B
         await interaction.response.defer(ephemeral=True)
         await interaction.followup.send("quick result")
 
+    @bot.tree.command(description="Public defer, then an ephemeral followup")
+    async def leak(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        await interaction.followup.send("meant to be private", ephemeral=True)
+        await interaction.followup.send("really private", ephemeral=True)
+
     async def remix(interaction: discord.Interaction, message: discord.Message) -> None:
         await interaction.response.send_modal(PromptModal(message))
 
@@ -223,7 +229,8 @@ async def test_login_ready_and_guild_state(fake_discord: FakeDiscord, probe: Pro
 async def test_command_sync_is_recorded(fake_discord: FakeDiscord, bot: commands.Bot) -> None:
     synced = await fake_discord.wait_commands_synced()
     by_name = {c["name"]: c for c in synced}
-    assert set(by_name) == {"render", "pick", "whoami", "slow", "late", "edits", "quick", "Remix"}
+    names = {"render", "pick", "whoami", "slow", "late", "edits", "quick", "leak", "Remix"}
+    assert set(by_name) == names
     assert by_name["Remix"]["type"] == 3
     assert [o["name"] for o in by_name["render"]["options"]] == ["prompt", "image"]
     assert all(c["id"] and c["application_id"] for c in synced)
@@ -438,6 +445,43 @@ async def test_followup_after_defer_replaces_the_loading_message(
     assert original.content == "quick result"
     assert original.ephemeral  # Discord keeps the defer's flag
     assert inter.followups() == []
+
+
+async def test_first_followup_after_a_public_defer_is_public_whatever_its_flag(
+    fake_discord: FakeDiscord, bot: commands.Bot
+) -> None:
+    await fake_discord.wait_commands_synced()
+    inter = await fake_discord.slash_command("leak")
+    await inter.wait_followup(lambda m: m.content == "really private")
+
+    original = inter.original()
+    assert original is not None and original.content == "meant to be private"
+    assert not original.ephemeral  # Discord ignores the followup's ephemeral flag here
+    assert [(m.content, m.ephemeral) for m in inter.followups()] == [("really private", True)]
+
+
+async def test_injected_errors_fail_requests_with_or_without_effect(
+    fake_discord: FakeDiscord, bot: commands.Bot
+) -> None:
+    channel = bot.get_channel(fake_discord.world.general.id)
+    assert isinstance(channel, discord.TextChannel)
+    route = "/channels/{channel_id}/messages"
+    fake_discord.inject_error("POST", route, status=403, code=50013, message="Missing Access")
+    fake_discord.inject_error("POST", route, status=400, code=40000, applied=True)
+
+    with pytest.raises(discord.Forbidden) as refused:
+        await channel.send("never stored")
+    with pytest.raises(discord.HTTPException) as lost:
+        await channel.send("stored, answer lost")
+    sent = await channel.send("fine again")
+
+    assert (refused.value.status, refused.value.code) == (403, 50013)
+    assert (lost.value.status, lost.value.code) == (400, 40000)
+    stored = fake_discord.messages(channel.id)
+    assert [m.content for m in stored] == ["stored, answer lost", "fine again"]
+    assert stored[-1].id == sent.id
+    faults = fake_discord.events_of(EventKind.FAULT_INJECTED)
+    assert [(e.data["status"], e.data["applied"]) for e in faults] == [(403, False), (400, True)]
 
 
 async def test_channel_messages_and_gateway_message_events(

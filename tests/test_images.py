@@ -315,8 +315,8 @@ REFUSED: dict[str, tuple[Callable[[], bytes], list[str]]] = {
     "zip": (zip_with_image, ["zip", "png"]),
     "svg": (lambda: SVG, ["vector", "svg", "export it as png"]),
     "heic": (lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", ["heic", "jpeg"]),
-    "bomb-beyond-pillow-limit": (lambda: bomb_png(50_000, 50_000), ["too large", "40,000,000"]),
-    "bomb-over-our-limit": (lambda: bomb_png(8_000, 6_000), ["8000×6000", "40,000,000"]),
+    "bomb-beyond-pillow-limit": (lambda: bomb_png(50_000, 50_000), ["too large", "16,777,216"]),
+    "bomb-over-our-limit": (lambda: bomb_png(8_000, 6_000), ["8000×6000", "16,777,216"]),
     "too-small": (lambda: save(Image.new("RGB", (4, 4)), "PNG"), ["4×4", "8 pixels"]),
 }
 

@@ -69,7 +69,7 @@ class GatedBackend:
         ]
         return Img2ImgResult(id=job.id, images=images, nsfw_content_detected=[False] * len(images))
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         return None
 
 
@@ -129,7 +129,7 @@ async def test_users_take_turns(store: JobStore) -> None:
     assert order == ["a1", "b1", "c1", "a2", "b2", "a3"]
     assert recorders["a3"].positions == [4, 3, 2, 1]
     stored = await store.get("a3")
-    assert stored is not None and stored.status == "done" and stored.init_image == b"x"
+    assert stored is not None and stored.status == "delivered" and stored.init_image == b"x"
 
 
 def reference_order(queue: FairQueue) -> list[str]:
@@ -310,7 +310,11 @@ async def test_restart_resumes_unfinished_jobs(tmp_path: Path) -> None:
     second_store = JobStore(path)
     await second_store.open()
     unfinished = await second_store.unfinished()
-    assert [(r.id, r.status) for r in unfinished] == [("run", "running"), ("wait", "queued")]
+    # A graceful stop hands the running job back: queued again, and its start not counted.
+    assert [(r.id, r.status, r.starts) for r in unfinished] == [
+        ("run", "queued", 0),
+        ("wait", "queued", 0),
+    ]
     assert all(r.init_image == b"x" for r in unfinished)
     backend = GatedBackend(capacity=1)
     second = FairQueue(backend, second_store, QueueLimits())
@@ -327,13 +331,13 @@ async def test_restart_resumes_unfinished_jobs(tmp_path: Path) -> None:
 async def test_store_history_policy_retention_and_no_key(store: JobStore, tmp_path: Path) -> None:
     old = record("old", 1)
     old.created_at = time.time() - 40 * 86_400
-    old.status = "done"
+    old.status = "delivered"
     await store.add(old)
     await store.add(record("new", 1))
     await store.add(record("other", 2))
     assert [r.id for r in await store.recent_for_user(1)] == ["new", "old"]
     assert await store.purge_older_than(time.time() - 30 * 86_400) == 1
-    await store.update("new", status="done", seeds=[1, 2], message_id=99)
+    await store.update("new", status="delivered", seeds=[1, 2], message_id=99)
     done = await store.get("new")
     assert done is not None and done.seeds == [1, 2] and done.message_id == 99
     assert await store.delete_finished_for_user(1) == 1

@@ -344,20 +344,31 @@ async def test_a_retry_after_past_the_deadline_fails_at_once(fake: FakeModelsLab
 
 
 HTML_500 = Reply(500, "<html><body><h1>500 Server Error</h1></body></html>", "text/html")
+HTML_503 = Reply(503, "<html><body><h1>503 Service Unavailable</h1></body></html>", "text/html")
+MAY_HAVE_RUN = "not sent again because ModelsLab may have received it"
 
 
-async def test_a_500_html_page_is_retried(fake: FakeModelsLab) -> None:
+async def test_a_503_submission_and_5xx_fetches_are_retried(fake: FakeModelsLab) -> None:
     fake.polls = 1
-    fake.script("img2img", HTML_500)
-    fake.script("fetch", Reply(503, {"status": "error", "message": "Service Unavailable"}))
+    fake.script("img2img", HTML_503)
+    fake.script("fetch", HTML_500, Reply(503, {"status": "error", "message": "Unavailable"}))
     result = await run(make_backend(fake), make_job())
-    assert len(fake.submits) == 2 and len(fake.fetches) == 2 and result.images
+    assert len(fake.submits) == 2 and len(fake.fetches) == 3 and result.images
 
 
-async def test_a_500_html_page_that_persists_is_a_clear_error(fake: FakeModelsLab) -> None:
-    fake.script("img2img", *[HTML_500] * 10)
+async def test_a_500_on_submission_is_not_sent_again(fake: FakeModelsLab) -> None:
+    """The API may have taken the job before failing: a second POST could be a second bill."""
+    fake.script("img2img", HTML_500)
+    with pytest.raises(BackendError, match=MAY_HAVE_RUN):
+        await run(make_backend(fake), make_job())
+    assert len(fake.submits) == 1
+
+
+async def test_a_503_that_persists_is_a_clear_error(fake: FakeModelsLab) -> None:
+    fake.script("img2img", *[HTML_503] * 10)
     with pytest.raises(BackendUnavailable, match="HTML page"):
         await run(make_backend(fake), make_job())
+    assert len(fake.submits) == FAST_RETRY.max_retries + 1
 
 
 @pytest.mark.parametrize(
@@ -435,14 +446,70 @@ async def test_failed_jobs_are_backend_errors(fake: FakeModelsLab, polls: int) -
     assert not isinstance(caught.value, BackendUnavailable)
 
 
-async def test_a_hanging_api_times_out_per_request(fake: FakeModelsLab) -> None:
-    fake.script("img2img", Reply(hang=True), Reply(hang=True))
-    backend = make_backend(
-        fake, request_timeout=0.2, retry=RetryPolicy(max_retries=1, base_delay=0.01)
-    )
-    with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.2 s"):
+async def test_a_hanging_api_ends_the_job_after_one_request_timeout(
+    fake: FakeModelsLab,
+) -> None:
+    """Not after max_retries + 1 stacked timeouts (about 170 s with the defaults)."""
+    fake.script("img2img", *[Reply(hang=True)] * 5)
+    backend = make_backend(fake, request_timeout=0.5, job_timeout=30.0)
+    started = time.monotonic()
+    with pytest.raises(BackendError) as caught:
         await run(backend, make_job())
-    assert len(fake.submits) == 2
+    assert 0.5 <= time.monotonic() - started < 1.2  # four stacked timeouts would take 2 s
+    assert len(fake.submits) == 1 and "no answer within 0.5 s" in str(caught.value)
+
+
+async def test_a_lost_answer_is_not_sent_again(fake: FakeModelsLab) -> None:
+    """The API accepted the job but its answer never came: a repeat would be paid twice."""
+    fake.lose_answers = 1
+    with pytest.raises(BackendError, match=MAY_HAVE_RUN) as caught:
+        await run(make_backend(fake, request_timeout=0.3), make_job())
+    assert not isinstance(caught.value, BackendUnavailable | BackendTimeout)
+    assert len(fake.submits) == 1 and len(fake.jobs) == 1
+
+
+async def test_a_lost_answer_is_completed_by_its_webhook(fake: FakeModelsLab) -> None:
+    fake.lose_answers, fake.polls = 1, 10**6
+    backend = make_backend(fake, request_timeout=0.3, webhook=WebhookReceiver("127.0.0.1:0"))
+    result = await run(backend, make_job())
+    assert len(fake.submits) == 1 and len(result.images) == 1 and fake.fetches == []
+
+
+class RefusalCounter(httpx.AsyncHTTPTransport):
+    """A real transport that notes each refused connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+        self.first_refusal = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectError:
+            self.refused += 1
+            self.first_refusal.set()
+            raise
+
+
+async def test_a_refused_connection_is_retried_until_the_api_is_up() -> None:
+    async with FakeModelsLab() as gone:
+        port = int(gone.base_url.rsplit(":", 1)[1])
+    transport = RefusalCounter()
+    backend = make_backend(
+        gone,
+        http=httpx.AsyncClient(transport=transport),
+        retry=RetryPolicy(base_delay=0.01, max_delay=0.05, max_retries=200),
+    )
+    job = asyncio.ensure_future(run(backend, make_job()))
+    try:
+        await asyncio.wait_for(transport.first_refusal.wait(), 10)
+        async with FakeModelsLab(port=port) as fake:
+            result = await asyncio.wait_for(job, 10)
+    finally:
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+    assert transport.refused >= 1 and len(fake.submits) == 1 and result.images
 
 
 async def test_a_job_that_never_finishes_hits_the_job_timeout(fake: FakeModelsLab) -> None:
@@ -689,6 +756,104 @@ async def test_the_webhook_refuses_forged_and_dedups_deliveries() -> None:
         assert late.done() and late.result().failed
     finally:
         await receiver.aclose()
+
+
+# -- paying once: a resumed job is fetched by the id the API gave ---------------------------------
+
+
+async def submit_then_crash(fake: FakeModelsLab, job: Job) -> str:
+    """Run `job` until the backend reports the API's id, then stop it as a restart would."""
+    token, reported = CancelToken(), []
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.external_id is not None:
+            reported.append(event.external_id)
+            token.cancel()
+
+    backend = make_backend(fake)
+    try:
+        with pytest.raises(Cancelled):
+            await backend.generate(job, on_progress, token)
+    finally:
+        await backend.aclose()
+    assert reported == [next(iter(fake.jobs))], "the API's request id was not reported"
+    return reported[0]
+
+
+async def test_a_resumed_job_is_fetched_by_its_id_not_submitted_again(
+    fake: FakeModelsLab,
+) -> None:
+    fake.polls = 3
+    job = make_job(seed=9)
+    api_id = await submit_then_crash(fake, job)
+    assert len(fake.submits) == 1 and fake.fetches == []
+
+    result = await run(make_backend(fake), job.model_copy(update={"external_id": api_id}))
+    assert len(fake.submits) == 1, "the resumed job was paid for twice"
+    assert result.id == job.id and len(result.images) == 1 and result.seeds == [9]
+    assert {str((r.body or {}).get("request_id")) for r in fake.fetches} == {api_id}
+    assert fake.jobs[api_id].done
+
+
+async def test_an_immediate_success_reports_its_id_before_downloading(
+    fake: FakeModelsLab,
+) -> None:
+    events: list[ProgressEvent] = []
+    await run(make_backend(fake), make_job(), events)
+    (api_id,) = fake.jobs
+    assert [(e.stage, e.external_id) for e in events] == [("postprocessing", api_id)]
+
+
+async def test_a_resumed_id_the_api_does_not_know_fails_without_paying_again(
+    fake: FakeModelsLab,
+) -> None:
+    job = make_job().model_copy(update={"external_id": "1234"})
+    with pytest.raises(BackendError, match="no longer knows request 1234") as caught:
+        await run(make_backend(fake), job)
+    assert not isinstance(caught.value, BackendUnavailable)
+    assert fake.submits == [] and len(fake.fetches) == 1
+
+
+async def test_a_resumed_job_is_looked_for_on_every_configured_origin(
+    fake: FakeModelsLab,
+) -> None:
+    fake.polls = 2
+    job = make_job()
+    api_id = await submit_then_crash(fake, job)
+    async with FakeModelsLab() as other:  # knows no job
+        pool = EndpointPool([other.base_url, fake.base_url], [SecretStr(API_KEY)])
+        resumed = job.model_copy(update={"external_id": api_id})
+        result = await run(make_backend(fake, pool=pool), resumed)
+    assert len(other.fetches) == 1 and other.submits == []
+    assert len(fake.submits) == 1 and result.images
+
+
+# -- the key goes only to the configured origins --------------------------------------------------
+
+
+async def test_a_fetch_result_on_another_host_never_gets_the_key(fake: FakeModelsLab) -> None:
+    fake.polls = 2
+    async with FakeModelsLab() as foreign:  # another loopback origin, plain http
+        fake.fetch_result_base = foreign.base_url
+        result = await run(make_backend(fake), make_job())
+        received = list(foreign.requests)
+    assert received == [], "the key went to a host the API named"
+    assert [r.path for r in fake.fetches] == ["/api/v1/enterprise/pony/fetch"] * 2
+    assert all(r.key == API_KEY for r in fake.fetches) and len(result.images) == 1
+
+
+def test_the_key_goes_only_to_configured_origins_over_their_scheme() -> None:
+    pool = EndpointPool(["https://modelslab.com", "http://10.0.0.5:8080/"], [SecretStr("k")])
+    endpoint = pool.next()
+    allowed = ["https://modelslab.com/api/v3/f/1", "https://MODELSLAB.com:443/x"]
+    allowed += ["http://10.0.0.5:8080/api/fetch"]  # another configured origin, itself http
+    refused: list[str | None] = ["http://modelslab.com/api/v3/f/1", "https://modelslab.com:8443/x"]
+    refused += ["https://stablediffusionapi.com/api/v3/f/1", "https://modelslab.com.evil.test/"]
+    refused += ["http://10.0.0.5/x", "ftp://modelslab.com/x", "not a url", None]
+    assert [u for u in allowed if endpoint.may_receive_key(u)] == allowed
+    assert [u for u in refused if endpoint.may_receive_key(u)] == []
+    url, body = endpoint.fetch(ApiPaths(), "7", "http://modelslab.com/api/v3/dreambooth/fetch/7")
+    assert (url, body["request_id"]) == ("https://modelslab.com/api/v1/enterprise/pony/fetch", "7")
 
 
 # -- secrets --------------------------------------------------------------------------------------

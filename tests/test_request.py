@@ -1,4 +1,4 @@
-"""The request contract (CONTRACT section 2): every field at and beyond its limits."""
+"""The request contract (docs/reference.md §2): every field at and beyond its limits."""
 
 from __future__ import annotations
 

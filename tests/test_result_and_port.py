@@ -1,4 +1,4 @@
-"""The result's API shape (CONTRACT section 3) and the port's plain-data types."""
+"""The result's API shape (docs/reference.md §3) and the port's plain-data types."""
 
 from __future__ import annotations
 

@@ -5,6 +5,12 @@ reads (palette, grey, 16-bit, float, CMYK, with or without alpha). Everything el
 an `InvalidImage` whose message tells the user what to send instead. Pillow's
 `ImageFile.LOAD_TRUNCATED_IMAGES` must stay False (the default): truncated files are refused, not
 silently padded with grey.
+
+Memory: a decoded image costs about 4 bytes per pixel (Pillow keeps RGB as RGBX) and decoding
+needs about two such buffers at its peak, so the pixel cap bounds what one input can cost
+(`bench/ingest_memory.py`). JPEGs over the cap, such as 48-megapixel phone photos, are decoded at
+1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft mode) instead of being refused: the
+output is at most 1024 pixels a side anyway.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from inference.errors import InvalidImage
 
@@ -30,8 +36,11 @@ __all__ = [
 ]
 
 ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 4096 * 4096
+"""The default pixel cap (`IMG2IMG_MAX_IMAGE_PIXELS`): a decode of up to ~130 MiB at its peak."""
 MIN_IMAGE_SIDE = 8
+PEAK_BYTES_PER_PIXEL = 8
+"""What decoding an image costs at its peak, per pixel (two 4-byte buffers)."""
 
 _ACCEPTED_TEXT = "Use a PNG, JPEG, WEBP, GIF, BMP or TIFF image."
 _PILLOW_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG also opens MPO
@@ -97,8 +106,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     """Decode `data` into an RGB image with its EXIF orientation applied; call off the event loop.
 
     The pixel count is checked against `max_pixels` from the header alone, before any pixel is
-    decoded. Transparent areas become white; 16-bit and float images are scaled to 8 bits;
-    animated GIF/WEBP/PNG give their first frame. Raises `InvalidImage` for anything else.
+    decoded; a JPEG over it is decoded at the largest of 1/2, 1/4, 1/8 scale that fits.
+    Transparent areas become white; 16-bit and float images are scaled to 8 bits; animated
+    GIF/WEBP/PNG give their first frame. Raises `InvalidImage` for anything else.
     """
     if not data:
         raise InvalidImage("The image file is empty; attach or link the image again.")
@@ -125,7 +135,12 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 def _open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     """Read the header only (`Image.open` decodes no pixels) and check the dimensions."""
     try:
-        image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
+        if kind == "JPEG":
+            # Pillow's own pixel limit is left out: the cap below applies after scaling down.
+            image: Image.Image = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+            _scale_down_to(image, max_pixels)
+        else:
+            image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(_too_many_pixels_message(exc, max_pixels)) from None
     except Exception as exc:
@@ -143,6 +158,36 @@ def _open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
             "wide and high."
         )
     return image
+
+
+def _scale_down_to(image: Image.Image, max_pixels: int) -> None:
+    """Set a JPEG to decode at the least reduction (1/2, 1/4, 1/8) that fits `max_pixels`.
+
+    Leaves it as it is when it fits already, when even 1/8 does not fit, or when it is a
+    progressive JPEG whose decoder would cost more than an image at the cap: that decoder holds
+    the coefficients of the whole image (2 bytes a sample) whatever the scale.
+    """
+    width, height = image.size
+    if width * height <= max_pixels:
+        return
+    if (
+        image.info.get("progressive")
+        and _coefficient_bytes(image) > PEAK_BYTES_PER_PIXEL * max_pixels
+    ):
+        return
+    for scale in (2, 4, 8):
+        if -(-width // scale) * -(-height // scale) <= max_pixels:
+            # Pillow picks the largest reduction that keeps the image at least this size.
+            image.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+            return
+
+
+def _coefficient_bytes(image: Image.Image) -> int:
+    """The DCT coefficients of a whole JPEG: 2 bytes for each sample of each component."""
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * 3
+    most = max(h for _, h, _, _ in layers) * max(v for _, _, v, _ in layers)
+    samples = sum(h * v for _, h, v, _ in layers) / most
+    return int(2 * samples * image.size[0] * image.size[1])
 
 
 def _too_many_pixels_message(exc: Exception, max_pixels: int) -> str:
@@ -171,12 +216,12 @@ def _broken_message(exc: Exception, data: bytes, kind: str) -> str:
 
 
 def _oriented(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
+    """Apply the EXIF orientation in place (no copy); a broken EXIF block leaves it as stored."""
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception as exc:
         log.debug("EXIF orientation not applied, the image is used as stored: %r", exc)
-        return image
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -188,11 +233,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "CMYK":
         return _icc_to_srgb(image, icc) or image.convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
         rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        rgb.paste(rgba, mask=rgba)  # the alpha band is the mask: no copies of it
     else:
-        rgb = image.convert("RGB")
+        rgb = image if mode == "RGB" else image.convert("RGB")  # no copy of an RGB image
     if mode in ("RGB", "RGBA", "RGBX"):
         rgb = _icc_to_srgb(rgb, icc) or rgb
     return rgb

@@ -1,4 +1,4 @@
-"""`LocalBackend`: the diffusers backend behind the port (CONTRACT section 1).
+"""`LocalBackend`: the diffusers backend behind the port (docs/reference.md §1).
 
 The event loop side: it checks a job against the models file, decodes and fits the init image
 (in a thread), queues the job for the single GPU worker thread, forwards progress events to the
@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from inference.errors import BackendUnavailable, Cancelled
-from inference.images import decode_image, fit_to_size
+from inference.images import DEFAULT_MAX_PIXELS, decode_image, fit_to_size
 from inference.local.batcher import (
     Batcher,
     Outcome,
@@ -70,6 +70,7 @@ class LocalBackend:
         webhooks: WebhookSender | None = None,
         allow_private_urls: bool = False,
         gather_seconds: float = 0.05,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         """`dtype`: "float16", "bfloat16" or "float32" (default: fp16 on CUDA, fp32 on CPU).
         `oom_hook` is called with each pipeline call's image count and may raise
@@ -80,6 +81,7 @@ class LocalBackend:
             raise ValueError(f"dtype must be float16, bfloat16 or float32, not {dtype!r}")
         self._registry = registry
         self._batch_size = batch_size
+        self._max_pixels = max_image_pixels
         self._detector = detector
         if threshold is None:
             threshold = detector.default_threshold if detector is not None else 1.0
@@ -119,6 +121,7 @@ class LocalBackend:
             threshold=threshold_from(settings, detector),
             prompt_model=settings.local.prompt_model,
             allow_private_urls=settings.ingest.allow_private_urls,
+            max_image_pixels=settings.ingest.max_image_pixels,
         )
 
     @property
@@ -149,7 +152,7 @@ class LocalBackend:
         request = job.request
         selection = self._registry.select(request)
         cancel.raise_if_cancelled()
-        image = await asyncio.to_thread(_prepare_image, job.init_image, request)
+        image = await asyncio.to_thread(_prepare_image, job.init_image, request, self._max_pixels)
         cancel.raise_if_cancelled()
         seeds = request.seeds(secrets.randbelow(MAX_SEED + 1))
         karras = karras_applies(request.scheduler, request.use_karras_sigmas == "yes")
@@ -232,23 +235,27 @@ class LocalBackend:
         """Wait until the webhooks posted so far are delivered (or given up)."""
         await self._webhooks.drain()
 
-    async def aclose(self) -> None:
-        """Refuse new jobs, stop queued and running ones, unload the models."""
+    async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Refuse new jobs, stop queued and running ones, unload the models; wait at most
+        `timeout` seconds (default `_SHUTDOWN_WAIT`) for the worker and pending webhooks.
+        The worker is a daemon thread: one still inside a GPU step does not hold up the exit."""
         if self._closed:
             return
         self._closed = True
+        wait = _SHUTDOWN_WAIT if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + wait
         for item in self._batcher.close():
             item.on_done(BackendUnavailable("The local backend is shutting down."))
         with self._active_lock:
             for item in self._active:
                 item.abandoned.set()
-        if not await asyncio.to_thread(self._worker.join, _SHUTDOWN_WAIT):
-            log.warning("the GPU worker did not stop within %.0f s", _SHUTDOWN_WAIT)
-        await self._webhooks.drain(timeout=_SHUTDOWN_WAIT)
+        if not await asyncio.to_thread(self._worker.join, wait):
+            log.warning("the GPU worker did not stop within %.1f s", wait)
+        await self._webhooks.drain(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _prepare_image(data: bytes, request: Img2ImgRequest) -> Image.Image:
-    image = decode_image(data)
+def _prepare_image(data: bytes, request: Img2ImgRequest, max_pixels: int) -> Image.Image:
+    image = decode_image(data, max_pixels=max_pixels)
     width, height = request.output_size(image.size)
     return fit_to_size(image, width, height)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from inference.errors import InvalidRequest
+from inference.local.hub import cache_only, cached_folder, hub_repo
 from inference.local.loading import LoadedModel
 from inference.local.registry import LoraEntry, VaeEntry
 from inference.local.tome import ToMeOptions, resolve_tome
@@ -58,21 +59,55 @@ def apply_loras(model: LoadedModel, loras: tuple[tuple[LoraEntry, float], ...]) 
 
 
 def _load_lora(model: LoadedModel, entry: LoraEntry) -> None:
-    options: dict[str, Any] = {"adapter_name": entry.name}
+    location, options = _lora_location(entry)
+    options["adapter_name"] = entry.name
     if entry.weight_name:
         options["weight_name"] = entry.weight_name
     try:
-        model.pipe.load_lora_weights(entry.source.location, **options)
+        model.pipe.load_lora_weights(location, **options)
     except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
         _forget_adapter(model, entry.name)
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InvalidRequest(
-            f"LoRA {entry.name!r} does not fit model {model.name!r} ({model.arch.upper()}); "
-            f"is it made for another architecture? ({detail})",
-            field="lora_model",
-        ) from exc
+        raise _lora_failure(model, entry, exc) from exc
     model.loras[entry.name] = None
     log.info("loaded LoRA %s into %s", entry.name, model.name)
+
+
+def _lora_location(entry: LoraEntry) -> tuple[str, dict[str, Any]]:
+    """Where `entry` loads from, with the options that takes: a hub id the hub cannot serve now
+    loads from its cached copy, or fails at once (see `inference.local.hub`)."""
+    repo = hub_repo(entry.source)
+    what = f"LoRA {entry.name!r}"
+    instead = "leave it out or choose another LoRA (lora_model)"
+    fix = "set its `source` in the models file to a local .safetensors file"
+    if repo is None or not cache_only(
+        repo, entry.weight_name, what=what, instead=instead, local_fix=fix
+    ):
+        return entry.source.location, {}
+    if entry.weight_name:
+        return repo, {"local_files_only": True}
+    # diffusers picks the weights file by listing the repository, which needs the hub
+    return cached_folder(repo) or repo, {}
+
+
+def _lora_failure(model: LoadedModel, entry: LoraEntry, exc: Exception) -> InvalidRequest:
+    """What the requester sees: which LoRA, and what to do. The exception (it may quote paths or
+    library internals) goes to the log."""
+    log.warning(
+        "LoRA %s could not be loaded into model %s: %s: %s",
+        entry.name,
+        model.name,
+        type(exc).__name__,
+        exc,
+    )
+    if isinstance(exc, OSError):
+        reason = "its weights could not be read on this machine"
+    else:
+        reason = f"it does not fit this {model.arch.upper()} model (made for another architecture?)"
+    return InvalidRequest(
+        f"LoRA {entry.name!r} could not be loaded into model {model.name!r}: {reason}. "
+        "Leave it out or choose another LoRA; the log has the details.",
+        field="lora_model",
+    )
 
 
 def _forget_adapter(model: LoadedModel, name: str) -> None:

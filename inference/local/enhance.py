@@ -4,7 +4,8 @@ With IMG2IMG_PROMPT_MODEL set, a causal language model continues the prompt (sam
 the job's first seed, at most `max_new_tokens` new tokens, the whole prompt capped at the API's
 2000 characters). Without one, `TemplateEnhancer` adds the quality tags that the model's
 architecture was trained on and that the prompt does not already contain. Both are deterministic
-for a given prompt, seed and architecture.
+for a given prompt, seed and architecture. A hub id as IMG2IMG_PROMPT_MODEL loads like the models
+file's (`inference.local.hub`): from the cache when the hub cannot be reached, else fails at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from inference.request import MAX_PROMPT_CHARS
@@ -139,11 +141,31 @@ class CausalLMEnhancer:
                 from inference.local.loading import resolve_device
 
                 device = resolve_device(self.device)
-                tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-                model: Any = AutoModelForCausalLM.from_pretrained(self.model_name)
+                hub = self._hub_options()
+                tokenizer = AutoTokenizer.from_pretrained(self.model_name, **hub)
+                model: Any = AutoModelForCausalLM.from_pretrained(self.model_name, **hub)
                 model = model.to(device).eval()
                 self._loaded = (tokenizer, model)
             return self._loaded
+
+    def _hub_options(self) -> dict[str, Any]:
+        """`local_files_only` for a hub id the hub cannot serve now; one that is not cached
+        fails at once (see `inference.local.hub`)."""
+        if Path(self.model_name).expanduser().exists():
+            return {}  # a local folder
+        from inference.local.hub import cache_only
+
+        only = cache_only(
+            self.model_name,
+            "config.json",
+            what="The prompt model of enhance_prompt (IMG2IMG_PROMPT_MODEL)",
+            instead="send the request with enhance_prompt set to no",
+            local_fix=(
+                "set IMG2IMG_PROMPT_MODEL to a local folder "
+                f"(`hf download {self.model_name} --local-dir DIR`)"
+            ),
+        )
+        return {"local_files_only": True} if only else {}
 
     def enhance(self, prompt: str, seed: int, arch: PromptArch = "sd") -> str:
         """`arch` picks the template used when the model adds nothing."""

@@ -2,8 +2,8 @@
 
 Hub ids, local diffusers folders and single `.safetensors` files (with a local config folder) all
 go through diffusers' own loaders. A hub id loads from the local cache only with HF_HUB_OFFLINE=1 or
-when the hub cannot be reached (`inference.local.hub`), and fails at once, saying how to fix it,
-when it is not cached.
+when the hub cannot be reached (`inference.local.hub`), and fails at once when it is not cached
+(the error says what to do for now, the log how to fix it).
 fp16 on CUDA, fp32 on CPU. SD pipelines load without diffusers' safety checker: detection runs in
 `inference.postprocess` for every backend alike.
 """
@@ -102,19 +102,22 @@ def _hub_arch(location: str, hub: dict[str, Any]) -> Arch:
     return "sdxl" if "XL" in str(config.get("_class_name", "")) else "sd"
 
 
-def _hub_options(source: Source, filename: str, what: str) -> dict[str, Any]:
+def _hub_options(source: Source, filename: str, what: str, instead: str) -> dict[str, Any]:
     """`local_files_only` for a hub id the hub cannot serve now (see `inference.local.hub`)."""
     repo = hub_repo(source)
     if repo is None:
         return {}
-    return {"local_files_only": True} if cache_only(repo, filename, what=what) else {}
+    only = cache_only(repo, filename, what=what, instead=instead)
+    return {"local_files_only": True} if only else {}
 
 
 def load_model(entry: ModelEntry, *, device: str, dtype: torch.dtype) -> LoadedModel:
     """Load `entry` onto `device`; `BackendUnavailable`/`BackendError` say what went wrong."""
     source = entry.source
     _quiet_loading()
-    hub = _hub_options(source, "model_index.json", f"Model {entry.name!r}")
+    hub = _hub_options(
+        source, "model_index.json", f"Model {entry.name!r}", "choose another model (model_id)"
+    )
     try:
         arch = entry.arch or _hub_arch(source.location, hub)
         cls = _pipeline_class(arch)
@@ -148,7 +151,8 @@ def load_vae(entry: VaeEntry, *, device: str, dtype: torch.dtype) -> Any:
     source: Source = entry.source
     _quiet_loading()
     config = f"{source.subfolder}/config.json" if source.subfolder else "config.json"
-    options = {**_dtype_option(dtype), **_hub_options(source, config, f"VAE {entry.name!r}")}
+    what, instead = f"VAE {entry.name!r}", "choose another VAE or none (vae)"
+    options = {**_dtype_option(dtype), **_hub_options(source, config, what, instead)}
     try:
         if source.kind == "file":
             vae = autoencoder.from_single_file(source.location, config=source.config, **options)

@@ -1,4 +1,4 @@
-"""The models file's entries (CONTRACT section 7), checked: what the local backend serves.
+"""The models file's entries (docs/reference.md §7), checked: what the local backend serves.
 
 Each entry has a `source`: a hub id, a local diffusers folder, or a single `.safetensors` file.
 Relative paths are resolved against the models file's folder (then the working directory). A single

@@ -6,6 +6,12 @@ with this backend), decode the init image (for its size), submit it with its byt
 outputs (noting any shortfall against `samples`), then the shared post-processing
 (`inference.postprocess.finish_images`). The whole job runs under `MODELSLAB_JOB_TIMEOUT` and
 stops promptly when its `CancelToken` fires.
+
+A job is paid for once: progress events carry the API's request id (`external_id`) once the API
+has accepted the job, and a job handed back with that id after a restart is fetched by it, never
+submitted again (an id the API no longer knows fails the job). A submission whose answer was lost
+is not repeated either: with the webhook receiver on, its delivery (matched by `track_id`) still
+completes the job; without it the job fails saying that it may have run at the API.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from PIL import Image
 from inference import images, safety
 from inference.errors import BackendError, BackendTimeout, InvalidImage
 from inference.models_file import ModelsFileMissing, read_models_file
-from inference.modelslab.client import ApiClient, RetryPolicy, new_http_client
-from inference.modelslab.endpoints import ApiPaths, EndpointPool
+from inference.modelslab.client import ApiClient, RetryPolicy, SubmissionUnknown, new_http_client
+from inference.modelslab.endpoints import ApiPaths, Endpoint, EndpointPool
 from inference.modelslab.payload import (
     inline_output,
     request_body,
@@ -32,7 +38,7 @@ from inference.modelslab.payload import (
     upload_bytes,
 )
 from inference.modelslab.polling import PollPolicy, poll_until_done
-from inference.modelslab.responses import ApiResponse, error_for
+from inference.modelslab.responses import ApiResponse, error_for, request_unknown
 from inference.port import CancelToken, Job, ProgressCallback, ProgressEvent
 from inference.postprocess import finish_images
 from inference.request import MAX_SEED, Img2ImgRequest
@@ -167,8 +173,8 @@ class ModelsLabBackend:
     def capacity(self) -> int:
         return self._max_in_flight
 
-    async def aclose(self) -> None:
-        await self._webhooks.drain(timeout=30.0)
+    async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._webhooks.drain(timeout=30.0 if timeout is None else max(0.0, timeout))
         if self._webhook is not None:
             await self._webhook.aclose()
         await self._http.aclose()
@@ -195,7 +201,8 @@ class ModelsLabBackend:
         try:
             async with timeout:
                 final = await self._submit_and_wait(job, progress, deadline)
-                report_progress(progress, ProgressEvent(job_id=job.id, stage="postprocessing"))
+                done = ProgressEvent(job_id=job.id, stage="postprocessing", external_id=final.id)
+                report_progress(progress, done)
                 return await self._finish(job, final, started, deadline)
         except TimeoutError:
             if not timeout.expired():
@@ -228,16 +235,15 @@ class ModelsLabBackend:
     async def _submit_and_wait(
         self, job: Job, progress: ProgressCallback, deadline: float
     ) -> ApiResponse:
-        body = await self._body(job)
-        endpoint = self._pool.next(job.request.key)
-        receiver = self._webhook if "webhook" in body else None
+        body = None if job.external_id else await self._body(job)
+        receiver = self._webhook if body is not None and "webhook" in body else None
         delivery = receiver.expect(job.id) if receiver is not None else None
         try:
             async with self._slot(job.id, progress):
-                first = await self._client.call(
-                    endpoint.url(self._paths.img2img), endpoint.body(**body), deadline=deadline
-                )
-                log.info("job %s: ModelsLab id %s, %s", job.id, first.id, first.status)
+                if body is None:
+                    endpoint, first = await self._resume(job, deadline)
+                else:
+                    endpoint, first = await self._submit(job, body, delivery, deadline)
                 final = await poll_until_done(
                     self._client,
                     first,
@@ -248,6 +254,7 @@ class ModelsLabBackend:
                     deadline=deadline,
                     policy=self._poll,
                     delivery=delivery,
+                    api_id=job.external_id,
                 )
         finally:
             if receiver is not None:
@@ -255,6 +262,42 @@ class ModelsLabBackend:
         if final.failed:
             raise error_for(final, model_id=job.request.model_id)
         return final
+
+    async def _submit(
+        self,
+        job: Job,
+        body: dict[str, Any],
+        delivery: asyncio.Future[ApiResponse] | None,
+        deadline: float,
+    ) -> tuple[Endpoint, ApiResponse]:
+        """Send the job once; a lost answer is waited for through the webhook when it is on."""
+        endpoint = self._pool.next(job.request.key)
+        url = endpoint.url(self._paths.img2img)
+        try:
+            first = await self._client.submit(url, endpoint.body(**body), deadline=deadline)
+        except SubmissionUnknown as exc:
+            if delivery is None:
+                raise
+            log.warning("job %s: %s Waiting for its webhook delivery.", job.id, exc)
+            first = await delivery
+        log.info("job %s: ModelsLab id %s, %s", job.id, first.id, first.status)
+        return endpoint, first
+
+    async def _resume(self, job: Job, deadline: float) -> tuple[Endpoint, ApiResponse]:
+        """Find the request the API accepted before a restart by its id, on whichever configured
+        endpoint knows it; one it no longer knows fails the job rather than paying twice."""
+        api_id = job.external_id
+        for endpoint in self._pool.candidates(job.request.key):
+            url, body = endpoint.fetch(self._paths, api_id, None)
+            answer = await self._client.call(url, body, deadline=deadline)
+            if not request_unknown(answer):
+                log.info("job %s: resumed ModelsLab id %s, %s", job.id, api_id, answer.status)
+                return endpoint, answer
+        raise BackendError(
+            f"ModelsLab no longer knows request {api_id}, which this job was sent as before the "
+            "bot restarted (it may have expired). It was not sent again, so it is not paid for "
+            "twice; please try again."
+        )
 
     async def _output(self, entry: str, deadline: float) -> bytes:
         inline = inline_output(entry)

@@ -1,8 +1,12 @@
 """HTTP to the ModelsLab API over one shared `httpx.AsyncClient`: calls with retries, downloads.
 
-Rate limits, 5xx answers, timeouts and connection errors are retried with exponential backoff and
-jitter, up to `RetryPolicy.max_retries` and never past the job's deadline. Every other answer is
-returned parsed (`ApiResponse`); interpreting an error answer is the caller's business.
+Fetches (`call`) are safe to repeat: rate limits, 5xx answers, timeouts and connection errors are
+retried with exponential backoff and jitter, up to `RetryPolicy.max_retries` and never past the
+job's deadline. A generation POST (`submit`) is a paid job: it is repeated only when it surely did
+not reach the API (no connection made, 429 or a rate-limit answer, 503); after a read timeout, a
+dropped connection or another 5xx the API may have accepted it, so `SubmissionUnknown` is raised
+instead. Every other answer is returned parsed (`ApiResponse`); interpreting an error answer is
+the caller's business.
 The key travels only in JSON bodies: it is never in a URL, a log line or an exception, and it is
 scrubbed from whatever the API sends back.
 """
@@ -29,7 +33,7 @@ from inference.modelslab.responses import (
     parse_body,
 )
 
-__all__ = ["ApiClient", "RetryPolicy", "new_http_client"]
+__all__ = ["ApiClient", "RetryPolicy", "SubmissionUnknown", "new_http_client"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,20 @@ def new_http_client(request_timeout: float, max_in_flight: int) -> httpx.AsyncCl
         headers={"User-Agent": "img2img-bot (ModelsLab backend)", "Accept": "application/json"},
         follow_redirects=False,
     )
+
+
+class SubmissionUnknown(BackendError):
+    """A generation POST that the API may have received, though its answer never came."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"ModelsLab did not confirm the job ({reason}). It was not sent again because "
+            "ModelsLab may have received it and may still run (and bill) it; try again later."
+        )
+
+
+# Failures before the request was sent: a repeat cannot make a second job at the API.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 class _Retry(Exception):
@@ -104,11 +122,20 @@ class ApiClient:
         self._request_timeout = request_timeout
 
     async def call(self, url: str, body: dict[str, Any], *, deadline: float) -> ApiResponse:
-        """POST `body` to `url`; retry what is worth retrying; return the parsed answer."""
+        """POST a fetch (safe to repeat) to `url`; retry what is worth retrying."""
+        return await self._post(url, body, deadline=deadline, repeatable=True)
+
+    async def submit(self, url: str, body: dict[str, Any], *, deadline: float) -> ApiResponse:
+        """POST a generation to `url`; repeated only when it surely did not reach the API."""
+        return await self._post(url, body, deadline=deadline, repeatable=False)
+
+    async def _post(
+        self, url: str, body: dict[str, Any], *, deadline: float, repeatable: bool
+    ) -> ApiResponse:
         loop = asyncio.get_running_loop()
         for attempt in itertools.count(1):
             try:
-                return await self._attempt(url, body)
+                return await self._attempt(url, body, repeatable=repeatable)
             except _Retry as retry:
                 wait = retry.wait if retry.wait is not None else self._retry.delay(attempt)
                 if attempt > self._retry.max_retries or loop.time() + wait >= deadline:
@@ -124,16 +151,11 @@ class ApiClient:
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, url: str, body: dict[str, Any]) -> ApiResponse:
+    async def _attempt(self, url: str, body: dict[str, Any], *, repeatable: bool) -> ApiResponse:
         timeout = self._request_timeout
         try:
             response = await self._http.post(url, json=body, timeout=timeout)
-        except httpx.TimeoutException:
-            raise _Retry(
-                f"no answer within {timeout:.3g} s",
-                BackendUnavailable(f"ModelsLab did not answer within {timeout:.3g} s; try later."),
-            ) from None
-        except httpx.TransportError as exc:
+        except _NOT_SENT as exc:
             raise _Retry(
                 f"connection failed ({type(exc).__name__})",
                 BackendUnavailable(
@@ -141,17 +163,38 @@ class ApiClient:
                     "and the network."
                 ),
             ) from None
+        except httpx.TimeoutException:
+            reason = f"no answer within {timeout:.3g} s"
+            if not repeatable:
+                raise SubmissionUnknown(reason) from None
+            final = BackendUnavailable(
+                f"ModelsLab did not answer within {timeout:.3g} s; try later."
+            )
+            raise _Retry(reason, final) from None
+        except httpx.TransportError as exc:
+            reason = f"connection lost ({type(exc).__name__})"
+            if not repeatable:
+                raise SubmissionUnknown(reason) from None
+            final = BackendUnavailable(f"Lost the connection to ModelsLab at {_origin(url)}.")
+            raise _Retry(reason, final) from None
         except httpx.InvalidURL:
             raise BackendUnavailable(f"{url!r} is not a valid ModelsLab URL.") from None
-        return self._interpret(response, _scrub(response.content, body.get("key")))
+        content = _scrub(response.content, body.get("key"))
+        return self._interpret(response, content, repeatable=repeatable)
 
-    def _interpret(self, response: httpx.Response, content: bytes) -> ApiResponse:
+    def _interpret(
+        self, response: httpx.Response, content: bytes, *, repeatable: bool
+    ) -> ApiResponse:
         code = response.status_code
+        # A 503 means the request was turned away; any other 5xx may come after the API took it.
+        retry_5xx = repeatable or code == 503
         try:
             answer = parse_body(code, content, response.headers.get("content-type", ""))
         except MalformedResponse as exc:
             if code == 429:
                 raise _rate_limited(_header_seconds(response)) from None
+            if code >= 500 and not retry_5xx:
+                raise SubmissionUnknown(f"HTTP {code}, not JSON") from None
             if code >= 500:
                 final = BackendUnavailable(f"{exc} ModelsLab seems to be down; try again later.")
                 raise _Retry(f"HTTP {code}, not JSON", final) from None
@@ -164,6 +207,8 @@ class ApiClient:
             final = BackendUnavailable(
                 f"ModelsLab failed (HTTP {code}): {answer.text or 'no message'}; try again later."
             )
+            if not retry_5xx:
+                raise final
             raise _Retry(f"HTTP {code}", final)
         return answer
 

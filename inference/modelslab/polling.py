@@ -2,7 +2,8 @@
 
 The first wait is about the API's `eta`; later waits back off (or follow a fresh `eta`), all under
 the job's deadline, which the caller enforces. `future_links` are never results: only a
-"success" answer with `output` ends the wait.
+"success" answer with `output` ends the wait. Every progress event carries the API's request id
+(`external_id`), so a job resumed after a restart is fetched by it rather than sent again.
 """
 
 from __future__ import annotations
@@ -69,16 +70,18 @@ async def poll_until_done(
     deadline: float,
     policy: PollPolicy,
     delivery: asyncio.Future[ApiResponse] | None = None,
+    api_id: str | None = None,
 ) -> ApiResponse:
-    """The job's final answer: finished (with outputs) or failed."""
+    """The job's final answer: finished (with outputs) or failed. `api_id`: the request id when
+    `first` is a fetch answer that may not repeat it (a resumed job)."""
     loop = asyncio.get_running_loop()
-    answer, api_id, fetch_result = first, first.id, first.fetch_result
+    answer, api_id, fetch_result = first, first.id or api_id, first.fetch_result
     eta_at = loop.time() + first.eta if first.eta else None
     delay, polls = policy.first(first.eta), 0
     while not (answer.finished or answer.failed):
         if answer.status not in _WAITING:
             raise BackendError(f"ModelsLab answered with an unknown status {answer.status!r}.")
-        if api_id is None and fetch_result is None:
+        if not endpoint.can_fetch(api_id, fetch_result):
             raise BackendError("ModelsLab accepted the job but gave no id to fetch it by.")
         report_progress(
             progress,
@@ -87,6 +90,7 @@ async def poll_until_done(
                 stage="queued" if polls == 0 else "running",
                 eta_seconds=None if eta_at is None else max(0.0, eta_at - loop.time()),
                 message=f"ModelsLab: {answer.text}" if answer.text else None,
+                external_id=api_id,
             ),
         )
         delivered = await _sleep_or_delivery(delay, delivery)

@@ -22,6 +22,7 @@ __all__ = [
     "is_rate_limited",
     "key_refused",
     "parse_body",
+    "request_unknown",
 ]
 
 _TEXT_LIMIT = 300
@@ -195,6 +196,18 @@ def key_refused(answer: ApiResponse) -> bool:
         answer.failed
         and not isinstance(answer.message, dict)
         and _mentions(answer.text, "api key", "invalid key", "key is invalid", "unauthori")
+    )
+
+
+def request_unknown(answer: ApiResponse) -> bool:
+    """A fetch answer saying the API does not know (or no longer knows) the request id."""
+    if not answer.failed or isinstance(answer.message, dict) or key_refused(answer):
+        return False
+    text = answer.text
+    if _mentions(text, "model"):
+        return False
+    return _mentions(
+        text, "not found", "no request", "does not exist", "expired", "invalid request", "unknown"
     )
 
 

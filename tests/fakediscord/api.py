@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from . import payloads
@@ -26,6 +27,8 @@ from .state import FakeState
 from .world import FakeChannel, World
 
 Json = dict[str, Any]
+NONCE_WINDOW = 300.0  # seconds; Discord: "the past few minutes"
+MAX_NONCE = 25
 MESSAGE, DEFERRED, DEFERRED_UPDATE, UPDATE, AUTOCOMPLETE_RESULT, MODAL = 4, 5, 6, 7, 8, 9
 ALLOWED_CALLBACKS = {
     APPLICATION_COMMAND: {MESSAGE, DEFERRED, MODAL},
@@ -243,40 +246,68 @@ class Api:
     # -- channel routes -----------------------------------------------------------------------
     def channel_create(
         self, channel_id: int, payload: Json, uploads: list[Upload]
-    ) -> StoredMessage:
-        """``POST /channels/{c}/messages`` by the bot."""
+    ) -> tuple[StoredMessage, bool]:
+        """``POST /channels/{c}/messages`` by the bot: (message, created).
+
+        With ``enforce_nonce``, a post whose ``nonce`` the same author used in the channel within
+        ``NONCE_WINDOW`` seconds creates nothing and answers the earlier message, as Discord does.
+        """
         with self.state.lock:
             channel = self.channel(channel_id)
             if channel_id in self.state.forbidden_channels:
                 raise ApiError(403, 50013, "Missing Permissions")
-            return self.store.create(
+            key = self._nonce_key(channel_id, payload)
+            earlier = self.state.nonces.get(key) if key else None
+            if earlier is not None and time.monotonic() - earlier[1] < NONCE_WINDOW:
+                return self.state.messages[earlier[0]], False
+            msg = self.store.create(
                 channel=channel,
                 author=self.world.bot,
                 payload=payload,
                 uploads=uploads,
                 route="channel",
             )
+            if key:
+                self.state.nonces[key] = (msg.id, time.monotonic())
+            return msg, True
+
+    def _nonce_key(self, channel_id: int, payload: Json) -> tuple[int, int, str] | None:
+        nonce = payload.get("nonce")
+        if nonce is None or not payload.get("enforce_nonce"):
+            return None
+        if len(str(nonce)) > MAX_NONCE:
+            raise invalid_form("nonce", f"Must be {MAX_NONCE} or fewer in length.")
+        return channel_id, self.world.bot.id, str(nonce)
 
     def channel_edit(
         self, channel_id: int, message_id: int, payload: Json, uploads: list[Upload]
     ) -> StoredMessage:
-        """``PATCH /channels/{c}/messages/{m}``; only the bot's own messages."""
+        """``PATCH /channels/{c}/messages/{m}``; only the bot's own messages, its interaction
+        responses included (not ephemeral ones: those exist only behind the token)."""
         with self.state.lock:
-            msg = self._message(message_id, channel_id)
+            msg = self._public_message(message_id, channel_id)
             if msg.author.id != self.world.bot.id:
                 raise ApiError(403, 50005, "Cannot edit a message authored by another user")
             return self.store.edit(msg, payload, uploads, route="channel")
 
     def channel_delete(self, channel_id: int, message_id: int) -> StoredMessage:
-        """``DELETE /channels/{c}/messages/{m}``."""
+        """``DELETE /channels/{c}/messages/{m}`` (not for ephemeral messages)."""
         with self.state.lock:
-            msg = self._message(message_id, channel_id)
+            msg = self._public_message(message_id, channel_id)
             self.store.delete(msg, route="channel")
             return msg
+
+    def _public_message(self, message_id: int, channel_id: int) -> StoredMessage:
+        self.channel(channel_id)  # a deleted channel answers 10003 first
+        msg = self._message(message_id, channel_id)
+        if msg.ephemeral:
+            raise unknown_message()
+        return msg
 
     def channel_get(self, channel_id: int, message_id: int) -> StoredMessage:
         """``GET /channels/{c}/messages/{m}`` (ephemeral messages are not fetchable)."""
         with self.state.lock:
+            self.channel(channel_id)
             msg = self._message(message_id, channel_id)
             if msg.ephemeral:
                 raise unknown_message()

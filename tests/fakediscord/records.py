@@ -33,6 +33,7 @@ class EventKind(enum.StrEnum):
     MESSAGE_DELETED = "message_deleted"
     REJECTED = "rejected"  # a request the fake answered with an error: status, code, message
     RATE_LIMITED = "rate_limited"  # an injected 429 was served
+    FAULT_INJECTED = "fault_injected"  # an injected error: method, path, status, code, applied
     INTERNAL_ERROR = "internal_error"  # a bug in the fake itself (fails the fake's context)
 
 

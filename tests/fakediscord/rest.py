@@ -20,7 +20,7 @@ from .bodies import read_body
 from .errors import ApiError
 from .gateway import GatewayHub
 from .records import EventKind, StoredMessage
-from .state import FakeState, RateLimitRule, holding
+from .state import FakeState, FaultRule, RateLimitRule, holding
 
 API = "/api/v10"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,6 +72,12 @@ def _too_many(rule: RateLimitRule, template: str) -> web.Response:
     return json_response(body, 429, headers)
 
 
+def _injected(fault: FaultRule, state: FakeState, method: str, path: str) -> web.Response:
+    data = {"method": method, "path": path, "status": fault.status, "code": fault.code}
+    state.record(EventKind.FAULT_INJECTED, data={**data, "applied": fault.applied})
+    return json_response({"code": fault.code, "message": fault.message}, fault.status)
+
+
 def _template(request: web.Request) -> str:
     resource = request.match_info.route.resource
     canonical = resource.canonical if resource is not None else request.path
@@ -80,7 +86,7 @@ def _template(request: web.Request) -> str:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Injected 429s, latency, Discord-shaped errors, rate-limit headers, the HTTP log.
+    """Injected 429s and errors, latency, Discord-shaped errors, rate-limit headers, the HTTP log.
 
     Events a REST request causes are published only after its response has been written, so
     a test woken by them never runs ahead of the client's view of the answer.
@@ -91,6 +97,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return await _guarded(request, handler, state, request.path)
     template, path = _template(request), request.path.removeprefix(API)
     rule = state.take_rate_limit(request.method, template, path)
+    fault = state.take_fault(request.method, template, path) if rule is None else None
+    if rule is None and fault is None:
+        drawn = state.draw_fault(request.method, template, path)
+        rule = drawn if isinstance(drawn, RateLimitRule) else None
+        fault = drawn if isinstance(drawn, FaultRule) else None
     with holding() as held:
         if rule is not None:
             state.record(EventKind.RATE_LIMITED, data={"method": request.method, "path": path})
@@ -98,7 +109,10 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         else:
             if state.config.latency:
                 await asyncio.sleep(state.config.latency)
-            response = await _guarded(request, handler, state, path)
+            if fault is None or fault.applied:
+                response = await _guarded(request, handler, state, path)
+            if fault is not None:
+                response = _injected(fault, state, request.method, path)
             response.headers.update(_rate_limit_headers(template, 49, 1.0))
         state.record(
             EventKind.HTTP,
@@ -216,10 +230,13 @@ class Routes:
         return json_response([self.api.message_json(m) for m in msgs])
 
     async def post_message(self, request: web.Request) -> web.Response:
-        """POST /channels/{channel_id}/messages."""
+        """POST /channels/{channel_id}/messages (a repeated ``enforce_nonce`` post answers the
+        message the first one made)."""
         body, uploads = await read_body(request)
-        msg = self.api.channel_create(int(request.match_info["channel_id"]), body or {}, uploads)
-        await self._announce(EventKind.MESSAGE_CREATED, msg)
+        channel_id = int(request.match_info["channel_id"])
+        msg, created = self.api.channel_create(channel_id, body or {}, uploads)
+        if created:
+            await self._announce(EventKind.MESSAGE_CREATED, msg)
         return self._msg(msg)
 
     async def get_message(self, request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from . import interactions as build
 from .core import FakeCore, FakeDiscordError, FakeDiscordTimeout, HandleLike, handle_id
 from .handle import InteractionHandle
 from .records import EventKind, InteractionRecord, StoredFile, StoredMessage
-from .state import RateLimitRule
+from .state import FaultRule, RandomFaults, RateLimitRule
 from .world import FakeChannel, FakeUser
 
 
@@ -93,6 +93,60 @@ class FakeDiscord(FakeCore):
             self.state.rate_limits.append(
                 RateLimitRule(method.upper(), route, times, retry_after, is_global)
             )
+
+    def inject_error(
+        self,
+        method: str,
+        route: str,
+        *,
+        status: int = 503,
+        code: int = 0,
+        message: str = "Service Unavailable",
+        times: int = 1,
+        applied: bool = False,
+    ) -> None:
+        """Answer the next ``times`` matching requests with ``status`` and a Discord error body
+        (``code``, ``message``). ``route`` and ``method`` as for :meth:`inject_429`.
+
+        ``applied=True``: the request takes effect first and only its answer is the error (as
+        when Discord applied a request and then the connection failed). discord.py retries
+        500/502/504 (and webhook routes every 5xx) after 1, 3, 5… seconds: a test that wants one
+        failed call fast uses a 4xx, or ``times`` of at least 5 for a 5xx.
+        """
+        with self.state.lock:
+            self.state.faults.append(
+                FaultRule(method.upper(), route, times, status, code, message, applied)
+            )
+
+    def inject_random_faults(
+        self,
+        rate: float,
+        *,
+        seed: int,
+        statuses: Sequence[int] = (429, 500, 503),
+        applied: float = 0.5,
+        retry_after: float = 0.05,
+        exclude: Sequence[str] = (),
+    ) -> None:
+        """From now on answer a random ``rate`` of API requests with one of ``statuses`` (429s
+        as :meth:`inject_429`); a 5xx is ``applied`` (the request takes effect and only its
+        answer is lost) with that probability. ``exclude``: route templates or fnmatch patterns
+        left alone. Seeded by ``seed``. :meth:`stop_random_faults` ends it."""
+        faults = RandomFaults(rate, seed, tuple(statuses), applied, retry_after, tuple(exclude))
+        with self.state.lock:
+            self.state.random_faults = faults
+
+    def stop_random_faults(self) -> None:
+        """No more random faults."""
+        with self.state.lock:
+            self.state.random_faults = None
+
+    def clear_faults(self) -> None:
+        """Forget every injected 429 and error not served yet, and stop random faults."""
+        with self.state.lock:
+            self.state.rate_limits.clear()
+            self.state.faults.clear()
+            self.state.random_faults = None
 
     def forbid_channel(self, channel: FakeChannel) -> None:
         """The bot's channel messages there answer 403 / 50013 Missing Permissions."""

@@ -9,13 +9,14 @@ import copy
 import fnmatch
 import io
 import mimetypes
+import random
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .records import Event, EventKind, InteractionRecord, StoredFile, StoredMessage
 from .world import World
@@ -51,20 +52,75 @@ class FakeConfig:
 
 
 @dataclass
-class RateLimitRule:
-    """Answer the next ``remaining`` matching requests with 429."""
+class RouteRule:
+    """Applies to the next ``remaining`` requests matching ``method`` and ``route``."""
 
     method: str
     route: str
     remaining: int
-    retry_after: float
-    is_global: bool = False
 
     def matches(self, method: str, template: str, path: str) -> bool:
         """True when ``method`` and the route template or concrete path match."""
         if self.method not in ("*", method.upper()):
             return False
         return self.route == template or fnmatch.fnmatchcase(path, self.route)
+
+
+R = TypeVar("R", bound=RouteRule)
+
+
+@dataclass
+class RateLimitRule(RouteRule):
+    """Answer the next ``remaining`` matching requests with 429."""
+
+    retry_after: float = 0.05
+    is_global: bool = False
+
+
+@dataclass
+class FaultRule(RouteRule):
+    """Answer the next ``remaining`` matching requests with ``status`` / ``code``; when
+    ``applied``, the request takes effect first and only its answer is lost."""
+
+    status: int = 503
+    code: int = 0
+    message: str = "Service Unavailable"
+    applied: bool = False
+
+
+@dataclass
+class RandomFaults:
+    """Answer a random share (``rate``) of API requests with one of ``statuses``; a 5xx is
+    ``applied`` (the request takes effect, its answer is lost) with that probability. Seeded, so
+    a run can be repeated (as far as the order of concurrent requests allows). Paths matching an
+    ``exclude`` pattern (fnmatch, or a route template) are left alone."""
+
+    rate: float
+    seed: int
+    statuses: tuple[int, ...] = (429, 500, 503)
+    applied: float = 0.5
+    retry_after: float = 0.05
+    exclude: tuple[str, ...] = ()
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def draw(self, method: str, template: str, path: str) -> RateLimitRule | FaultRule | None:
+        """The fault for this request, if it gets one."""
+        if any(p == template or fnmatch.fnmatchcase(path, p) for p in self.exclude):
+            return None
+        if self.rng.random() >= self.rate:
+            return None
+        status = self.rng.choice(self.statuses)
+        if status == 429:
+            return RateLimitRule(method, path, 1, retry_after=self.retry_after)
+        applied = self.rng.random() < self.applied
+        reason = _REASONS.get(status, "Server Error")
+        return FaultRule(method, path, 1, status=status, message=reason, applied=applied)
+
+
+_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 @dataclass
@@ -114,6 +170,9 @@ class FakeState:
     global_commands: list[dict[str, Any]] = field(default_factory=list)
     guild_commands: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     rate_limits: list[RateLimitRule] = field(default_factory=list)
+    faults: list[FaultRule] = field(default_factory=list)
+    random_faults: RandomFaults | None = None
+    nonces: dict[tuple[int, int, str], tuple[int, float]] = field(default_factory=dict)
     forbidden_channels: set[int] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
     _waiters: list[_Waiter] = field(default_factory=list, repr=False)
@@ -281,8 +340,21 @@ class FakeState:
     # -- faults -------------------------------------------------------------------------------
     def take_rate_limit(self, method: str, template: str, path: str) -> RateLimitRule | None:
         """Consume one injected 429 for this request, if any rule matches."""
+        return self._take(self.rate_limits, method, template, path)
+
+    def take_fault(self, method: str, template: str, path: str) -> FaultRule | None:
+        """Consume one injected error for this request, if any rule matches."""
+        return self._take(self.faults, method, template, path)
+
+    def draw_fault(self, method: str, template: str, path: str) -> RateLimitRule | FaultRule | None:
+        """A random fault for this request, when random faults are on."""
         with self.lock:
-            for rule in self.rate_limits:
+            chaos = self.random_faults
+            return chaos.draw(method, template, path) if chaos is not None else None
+
+    def _take(self, rules: list[R], method: str, template: str, path: str) -> R | None:
+        with self.lock:
+            for rule in rules:
                 if rule.remaining > 0 and rule.matches(method, template, path):
                     rule.remaining -= 1
                     return replace(rule)
