@@ -22,7 +22,8 @@ ENV PYTHONUNBUFFERED=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     HF_HOME=/app/models/hf-cache \
     IMG2IMG_MODELS=/app/models/models.toml \
-    IMG2IMG_DATABASE=/app/data/img2img.sqlite3
+    IMG2IMG_DATABASE=/app/data/img2img.sqlite3 \
+    IMG2IMG_METRICS_PORT=9100
 # The project is installed in the venv; /app holds only the volumes.
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
@@ -34,4 +35,8 @@ RUN useradd --create-home --uid 10001 img2img \
 USER 10001:10001
 
 VOLUME ["/app/models", "/app/data"]
+# /healthz answers 200 once the bot or worker is ready; the image always sets the port, and an
+# operator who empties it turns the probe off rather than failing the container.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request as u; p = os.environ.get('IMG2IMG_METRICS_PORT'); sys.exit(0 if not p else u.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=4).status != 200)"]
 CMD ["python", "-m", "bot"]

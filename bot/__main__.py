@@ -10,6 +10,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,9 @@ from bot.store import JobStore
 from cogs.views import ButtonFactory
 from inference import Backend, InferenceError, InferenceSettings
 from inference.backends import create_backend
+from inference.metrics import METRICS, start_metrics_server
+from inference.remote.heartbeat import WorkerInfo
+from inference.remote.submitter import RemoteBackend
 from inference.safety import OpenNsfwDetector
 
 log = logging.getLogger("bot")
@@ -50,6 +54,7 @@ def build_bot(
     Call it inside the running event loop (the client's HTTP connector needs it).
     """
     store = JobStore(settings.store.database)
+    METRICS.watch_workers(_live_workers(backend))
     return Img2ImgBot(
         settings=settings,
         inference_settings=inference_settings,
@@ -60,6 +65,27 @@ def build_bot(
         acks=AckTracker(),
         views=ButtonFactory(),
     )
+
+
+def _live_workers(backend: Backend) -> Callable[[], Sequence[WorkerInfo]] | None:
+    """Where the metrics read the live workers: the remote queue's heartbeats; None in-process."""
+    if isinstance(backend, RemoteBackend):
+        return lambda: backend.workers
+    return None
+
+
+@contextlib.asynccontextmanager
+async def metrics_served(bot: Img2ImgBot, port: int | None) -> AsyncIterator[None]:
+    """Serve `/metrics` and `/healthz` (200 once logged in: the store is open by then) on
+    `port` while the block runs; nothing when `port` is None."""
+    if port is None:
+        yield
+        return
+    runner = await start_metrics_server(port, bot.is_ready)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -83,7 +109,8 @@ async def run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with bot:  # closes the bot (and its backend) however this ends
+    # closes the bot (and its backend) however this ends
+    async with bot, metrics_served(bot, inference_settings.metrics_port):
         reach = asyncio.ensure_future(wait_until_reachable(discord_settings.api_base, backoff))
         if await _stopped_first(reach, stop):
             return 0

@@ -28,6 +28,8 @@ __all__ = ["EXTENSIONS", "Img2ImgBot", "Img2ImgTree", "point_discord_at"]
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.img2img", "cogs.admin", "cogs.history")
+IDENTIFY_INTERVAL = 5.0
+"""Seconds between two gateway sessions started in one identify bucket (Discord's limit)."""
 DISCORD_CONNECTIONS = 32
 """HTTP connections kept open to each Discord host (API, CDN). A burst of interactions then reuses
 warm keep-alive connections for its acknowledgements instead of opening (and, in production,
@@ -53,8 +55,11 @@ class Img2ImgTree(app_commands.CommandTree["Img2ImgBot"]):
         await report_unexpected(interaction, getattr(error, "original", error), f"/{name}")
 
 
-class Img2ImgBot(commands.Bot):
-    """The bot. Services are passed in by the composition root (`bot.__main__`)."""
+class Img2ImgBot(commands.AutoShardedBot):
+    """The bot. Services are passed in by the composition root (`bot.__main__`).
+
+    Sharded (Discord requires it from 2,500 servers): one gateway connection per shard,
+    `settings.discord.shard_count` of them, or as many as Discord's `/gateway/bot` recommends."""
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class Img2ImgBot(commands.Bot):
         # The bot has no voice features; discord.py's "voice will NOT be supported" is noise.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         options.setdefault("intents", discord.Intents(guilds=True))
+        options.setdefault("shard_count", settings.discord.shard_count)
         options.setdefault("http_trace", acks.trace())
         # Nobody is pinged unless a message names them (the requester: bot.present).
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
@@ -95,6 +101,8 @@ class Img2ImgBot(commands.Bot):
         self.views = views
         self.image_loads = ImageLoads()
         self.resumed_jobs = 0
+        self.identify_concurrency = 1  # `max_concurrency` of Discord's session start limit
+        self.next_identify: dict[int, float] = {}  # per identify bucket: its next free slot
         self.resuming: asyncio.Task[None] | None = None
         """Settling and resuming what a restart found (`bot.resume`); done once it is."""
 
@@ -103,6 +111,25 @@ class Img2ImgBot(commands.Bot):
         if event_name == "interaction":
             self.acks.received(args[0].id)
         super().dispatch(event_name, *args, **kwargs)
+
+    async def launch_shards(self) -> None:
+        # Asked for the count, discord.py would connect to the URL `/gateway/bot` names; asking
+        # here keeps the configured gateway (`DISCORD_GATEWAY_URL`, a proxy) in use.
+        if not self.is_closed():
+            count, _, limit = await self.http.get_bot_gateway()
+            self.shard_count = self.shard_count or count
+            self.identify_concurrency = max(1, int(limit.get("max_concurrency", 1)))
+        await super().launch_shards()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Discord starts one session per 5 s in each bucket (`shard_id % max_concurrency`);
+        discord.py would wait 5 s before every IDENTIFY but the first. Each call reserves its
+        bucket's next slot before sleeping, so shards reconnecting together stay apart."""
+        bucket = (shard_id or 0) % self.identify_concurrency
+        now = time.monotonic()
+        slot = max(now, self.next_identify.get(bucket, now))
+        self.next_identify[bucket] = slot + IDENTIFY_INTERVAL
+        await asyncio.sleep(slot - now)
 
     async def setup_hook(self) -> None:
         await self.store.open()

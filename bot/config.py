@@ -21,6 +21,7 @@ class DiscordSettings(SettingsBase):
     api_base: str = Field("https://discord.com/api/v10", pattern=r"^https?://")
     gateway_url: str | None = Field(None, pattern=r"^wss?://")
     dev_guild: int | None = None  # sync commands to this server only (instant, for trying out)
+    shard_count: int | None = Field(None, ge=1)  # gateway shards (None: Discord's recommendation)
 
 
 class LimitSettings(SettingsBase):

@@ -11,6 +11,10 @@ Discord outage does not hold the backend's capacity. A stored result that was no
 a shutdown or crash is posted after the restart (`settle`), and so is a failure not yet reported.
 A job that was running when the bot died `MAX_STARTS` times is not run again (`abandon`).
 
+Capacity: a backend whose capacity changes (the remote queue, as GPU workers join and leave)
+signals it (`inference.port.CapacitySignal`); waiting jobs are released as soon as it grows.
+While it is 0 for `NO_WORKER_WAIT` seconds, waiting jobs get a `NO_WORKER` progress event.
+
 Failures: a typed error (`inference.errors`) is meant for the user and is shown and stored as it
 is. Anything else, and a `BackendError` raised from an untyped exception (whose text may quote
 file paths or torch internals), is logged with the job id under an error id (`bot.incidents`);
@@ -41,10 +45,13 @@ from inference import (
     Job,
     ProgressEvent,
 )
-from inference.port import ProgressCallback
+from inference.metrics import METRICS
+from inference.port import ProgressCallback, capacity_signal
 
 __all__ = [
     "MAX_STARTS",
+    "NO_WORKER",
+    "NO_WORKER_WAIT",
     "FairQueue",
     "JobFailure",
     "JobListener",
@@ -59,6 +66,11 @@ DAY = 86_400
 MAX_STARTS = 3
 """Starts after which a job found unfinished at start is failed instead of run again: each start
 that did not end ended the bot (a graceful stop does not count one)."""
+NO_WORKER = "no-worker"
+"""The `message` of the "queued" progress event telling waiting jobs that no worker is online;
+any other progress event for the job ends that state."""
+NO_WORKER_WAIT = 30.0
+"""Seconds with no capacity (no live GPU worker) before waiting jobs are told."""
 
 
 class JobListener(Protocol):
@@ -105,6 +117,10 @@ def _shown_failure(error: InferenceError, job_id: str) -> InferenceError:
     if isinstance(error, BackendError) and not isinstance(cause, InferenceError | None):
         return UnexpectedFailure.logged(error, job_id)
     return error
+
+
+def _no_worker_event(job_id: str) -> ProgressEvent:
+    return ProgressEvent(job_id=job_id, stage="queued", message=NO_WORKER)
 
 
 def _today() -> tuple[float, float]:
@@ -201,6 +217,11 @@ class FairQueue:
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()  # posting results, reporting failures
         self._holds: dict[str, _Hold] = {}  # by job id, in the order they were taken
+        self._no_worker_timer: asyncio.TimerHandle | None = None
+        self._no_worker_told = False
+        signal = capacity_signal(backend)
+        if signal is not None:
+            signal.add_capacity_listener(self._capacity_changed)
 
     # -- accepting -------------------------------------------------------------------------------
 
@@ -306,6 +327,8 @@ class FairQueue:
         entry.arrival = next(self._sequence)
         self._last_tag[owner] = entry.tag
         self._waiting.append(entry)
+        if self._no_worker_told:
+            entry.listener.progress(_no_worker_event(entry.record.id))
         self._release()
         return self.position(entry.record.id) or 0
 
@@ -371,11 +394,46 @@ class FairQueue:
             self._released_tag = max(self._released_tag, entry.tag)
             self._last_served[entry.record.owner_id] = next(self._sequence)
             self._running[entry.record.id] = entry
+            METRICS.wait_seconds.observe(max(0.0, time.time() - entry.record.created_at))
             entry.task = asyncio.create_task(self._run(entry), name=f"job-{entry.record.id}")
             released = True
+        METRICS.queue_depth(len(self._waiting), len(self._running))
         if released:
-            for index, waiting in enumerate(self._release_order(), start=1):
-                waiting.listener.position(index)
+            self._tell_positions()
+        if self._waiting and not self._closing and self._backend.capacity <= 0:
+            self._arm_no_worker()
+
+    def _tell_positions(self) -> None:
+        for index, waiting in enumerate(self._release_order(), start=1):
+            waiting.listener.position(index)
+
+    # -- capacity --------------------------------------------------------------------------------
+
+    def _capacity_changed(self, capacity: int) -> None:
+        """The backend's capacity changed (on the event loop): release what now fits."""
+        if capacity > 0:
+            if self._no_worker_timer is not None:
+                self._no_worker_timer.cancel()
+                self._no_worker_timer = None
+            if self._no_worker_told:
+                self._no_worker_told = False
+                for entry in self._waiting:
+                    entry.listener.progress(ProgressEvent(job_id=entry.record.id, stage="queued"))
+                self._tell_positions()
+        self._release()
+
+    def _arm_no_worker(self) -> None:
+        if self._no_worker_timer is None and not self._no_worker_told:
+            loop = asyncio.get_running_loop()
+            self._no_worker_timer = loop.call_later(NO_WORKER_WAIT, self._tell_no_worker)
+
+    def _tell_no_worker(self) -> None:
+        self._no_worker_timer = None
+        if self._closing or self._backend.capacity > 0:
+            return
+        self._no_worker_told = True
+        for entry in self._waiting:
+            entry.listener.progress(_no_worker_event(entry.record.id))
 
     async def _run(self, entry: _Entry) -> None:
         record = entry.record
@@ -389,6 +447,7 @@ class FairQueue:
             )
             result = await self._backend.generate(job, self._progress(entry), entry.cancel)
             await self._store.save_result(record.id, result)
+            METRICS.images.inc(len(result.images))
         except Cancelled as exc:
             await self._fail(record.id, entry.listener, "cancelled", exc, later=True)
         except InferenceError as exc:
@@ -436,6 +495,7 @@ class FairQueue:
             )
         else:
             await self._store.update(record.id, status="delivered", result_message_id=message_id)
+            METRICS.finished("delivered", time.time() - record.created_at)
 
     async def _fail(
         self,
@@ -448,6 +508,7 @@ class FairQueue:
     ) -> None:
         """Store the failure, then report it (in a task of its own when `later`)."""
         await self._store.update(job_id, status=status, finished_at=time.time(), error=str(error))
+        METRICS.finished(status)
         if later:
             self._spawn(self._report(job_id, listener, error), f"report-{job_id}")
         else:
@@ -478,6 +539,7 @@ class FairQueue:
         for entry in self._waiting:
             if entry.record.id == job_id:
                 self._waiting.remove(entry)
+                METRICS.queue_depth(len(self._waiting), len(self._running))
                 await self._fail(job_id, entry.listener, "cancelled", Cancelled("Cancelled."))
                 return True
         return False
@@ -486,6 +548,8 @@ class FairQueue:
         """Stop releasing; give running jobs and posts in progress `grace` seconds in all, then
         leave them to the restart (running jobs are queued again; results stay "generated")."""
         self._closing = True
+        if self._no_worker_timer is not None:
+            self._no_worker_timer.cancel()
         deadline = time.monotonic() + grace
         running = dict(self._running)
         while True:

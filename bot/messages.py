@@ -8,6 +8,7 @@ progress and result captions, history and server settings.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 
@@ -20,6 +21,7 @@ from inference import (
     InferenceError,
     InvalidRequest,
 )
+from inference.remote.heartbeat import WorkerInfo
 
 __all__ = [
     "ALREADY_FINISHED",
@@ -33,11 +35,14 @@ __all__ = [
     "NEEDS_MANAGE_SERVER",
     "NO_HISTORY",
     "NO_IMAGE",
+    "NO_WORKER_ONLINE",
     "ONLY_OWN_RECORDS",
     "RECORD_GONE",
     "SAFETY_STAYS_ON",
     "SERVERS_ONLY",
+    "STATUS_NEEDS_MANAGE_SERVER",
     "about_job",
+    "bot_status",
     "channel_unavailable",
     "crashed_too_often",
     "describe_error",
@@ -49,6 +54,7 @@ __all__ = [
     "image_description",
     "image_not_on_message",
     "image_too_large",
+    "in_process_status",
     "input_is_the_requesters",
     "not_a_pair",
     "not_an_image",
@@ -62,6 +68,7 @@ __all__ = [
     "result_undeliverable",
     "unexpected_error",
     "unknown_option",
+    "workers_status",
 ]
 
 BAR_WIDTH = 20
@@ -143,6 +150,7 @@ ANSWERED_PRIVATELY = "Answered privately."
 SERVERS_ONLY = "This works in servers only."
 NEEDS_MANAGE_SERVER = "You need the Manage Server permission to change these settings."
 ONLY_OWN_RECORDS = "You can only delete your own records."
+STATUS_NEEDS_MANAGE_SERVER = "You need the Manage Server permission to see the bot's status."
 NO_HISTORY = "You have no img2img jobs on record."
 HISTORY_TITLE = "Your recent jobs"
 
@@ -280,6 +288,9 @@ def describe_error(error: InferenceError) -> str:
     return f"The image generator failed: {error}"
 
 
+NO_WORKER_ONLINE = "No GPU worker is online right now: your job will start as soon as one joins."
+
+
 def queued_text(position: int) -> str:
     if position <= 0:
         return "Starting…"
@@ -310,3 +321,27 @@ def _hours(seconds: float | None) -> str:
         return "a day"
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours} h {rest // 60} min" if hours else f"{max(1, rest // 60)} min"
+
+
+def bot_status(waiting: int, running: int, delivered: int, failed: int, backend: str) -> str:
+    """`/img2img-status`: the queue, what runs the jobs (`backend`), today's outcomes."""
+    return (
+        f"**Queue:** {waiting} waiting, {running} running\n{backend}\n"
+        f"**Today** (UTC, since the bot started): {delivered} delivered, {failed} failed"
+    )
+
+
+def in_process_status(name: str, capacity: int) -> str:
+    return f"**Jobs run in this process:** in-process backend: {name}, capacity {capacity}"
+
+
+def workers_status(workers: Sequence[WorkerInfo]) -> str:
+    """The GPU workers the remote queue sees, one line each."""
+    if not workers:
+        return "**Workers:** none online; jobs wait until a GPU worker joins."
+    total = sum(worker.capacity for worker in workers)
+    lines = [f"**Workers:** {len(workers)} online, capacity {total}"]
+    for worker in workers:
+        models = ", ".join(worker.models) or "no model loaded yet"
+        lines.append(f"- {worker.name}: capacity {worker.capacity}, models: {models}")
+    return "\n".join(lines)

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import discord
 
 from bot.delivery import RetryPolicy, is_gone, is_transient, retrying
-from bot.jobs import JobFailure
+from bot.jobs import NO_WORKER, JobFailure
 from bot.messages import (
+    NO_WORKER_ONLINE,
     about_job,
     describe_error,
     fewer_images,
@@ -229,6 +230,8 @@ class JobReporter:
             remember=remember,
         )
         self._latest: str | None = None
+        self._queued = ""  # the last position's text
+        self._no_worker = ""  # a line saying that no GPU worker is online, while none is
         self._shown: str | None = None
         self._last_edit = 0.0
         self._wake = asyncio.Event()
@@ -240,9 +243,15 @@ class JobReporter:
     # -- JobListener -----------------------------------------------------------------------------
 
     def position(self, position: int) -> None:
-        self._show(queued_text(position))
+        self._queued = queued_text(position)
+        self._show(self._queued + self._no_worker)
 
     def progress(self, event: ProgressEvent) -> None:
+        if event.message == NO_WORKER:
+            self._no_worker = f"\n{NO_WORKER_ONLINE}"
+            self._show((self._queued + self._no_worker).strip())
+            return
+        self._no_worker = ""
         self._show(progress_text(event.step, event.total_steps, event.eta_seconds, event.stage))
 
     async def finished(self, result: Img2ImgResult) -> int:

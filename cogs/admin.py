@@ -1,4 +1,5 @@
-"""`/img2img-settings`: a server's NSFW policy (needs Manage Server)."""
+"""`/img2img-settings`: a server's NSFW policy; `/img2img-status`: the queue and the workers.
+Both need Manage Server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.store import GuildPolicy
+from inference.metrics import METRICS
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
@@ -69,6 +71,30 @@ class AdminCog(commands.Cog):
         await interaction.response.send_message(
             messages.policy_summary(kind, policy.allow_safety_off_in_nsfw), ephemeral=True
         )
+
+    @app_commands.command(
+        name="img2img-status", description="The img2img queue, its workers and today's jobs."
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    async def status(self, interaction: discord.Interaction[Img2ImgBot]) -> None:
+        if not interaction.permissions.manage_guild:
+            await interaction.response.send_message(
+                messages.STATUS_NEEDS_MANAGE_SERVER, ephemeral=True
+            )
+            return
+        workers = METRICS.live_workers()
+        backend = self.bot.backend
+        text = messages.bot_status(
+            METRICS.waiting,
+            METRICS.running,
+            METRICS.today("delivered"),
+            METRICS.today("failed"),
+            messages.in_process_status(backend.name, backend.capacity)
+            if workers is None
+            else messages.workers_status(workers),
+        )
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: Img2ImgBot) -> None:

@@ -7,6 +7,10 @@ A backend takes a `Job` (the request and the init image as bytes), a progress ca
 It advertises `capacity`, the number of jobs it can usefully hold at once (the local backend's
 batch size, the ModelsLab backend's in-flight bound), and closes cleanly. Jobs, progress events
 and results are plain serialisable data so that a queue can move them between processes.
+
+A backend whose capacity changes while it runs (the remote queue, as GPU workers join and leave)
+also offers `add_capacity_listener` (`CapacitySignal`), so that a queue releases waiting jobs as
+soon as capacity grows; the local and ModelsLab backends have a fixed capacity and do not.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ from inference.errors import Cancelled
 from inference.request import Img2ImgRequest
 from inference.result import Img2ImgResult
 
-__all__ = ["Backend", "CancelToken", "Job", "ProgressCallback", "ProgressEvent"]
+__all__ = [
+    "Backend",
+    "CancelToken",
+    "CapacityListener",
+    "CapacitySignal",
+    "Job",
+    "ProgressCallback",
+    "ProgressEvent",
+    "capacity_signal",
+]
 
 
 class Job(BaseModel):
@@ -104,7 +117,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 @runtime_checkable
 class Backend(Protocol):
-    """An img2img backend (local diffusers or the ModelsLab API)."""
+    """An img2img backend (local diffusers, the ModelsLab API or the remote queue).
+
+    Optional: `add_capacity_listener` (`CapacitySignal`) when `capacity` changes at run time.
+    """
 
     name: str
 
@@ -124,3 +140,21 @@ class Backend(Protocol):
         (None: the backend's own bound). A stopping bot passes what is left of its shutdown
         grace, so that the whole stop fits in the container's stop timeout."""
         ...
+
+
+CapacityListener = Callable[[int], None]
+"""Called on the event loop's thread with the backend's new `capacity`; it must return quickly."""
+
+
+@runtime_checkable
+class CapacitySignal(Protocol):
+    """What a backend with a changing capacity offers besides `Backend` (optional)."""
+
+    def add_capacity_listener(self, listener: CapacityListener) -> None:
+        """Call `listener(capacity)` on the event loop whenever `capacity` changes."""
+        ...
+
+
+def capacity_signal(backend: object) -> CapacitySignal | None:
+    """The backend's capacity signal, or None when its capacity is fixed."""
+    return backend if isinstance(backend, CapacitySignal) else None

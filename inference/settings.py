@@ -246,6 +246,8 @@ class InferenceSettings(SettingsBase):
     backend: Literal["local", "modelslab"] = "local"
     models_file: Path = Field(Path("models.toml"), validation_alias=_env("IMG2IMG_MODELS"))
     nsfw_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Serve `/metrics` and `/healthz` on this port (bot, worker); None: off."""
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     modelslab: ModelsLabSettings = Field(default_factory=ModelsLabSettings)

@@ -6,9 +6,16 @@ the properties an operator relies on.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,3 +83,58 @@ def test_the_build_context_leaves_out_secrets_weights_and_local_state() -> None:
         assert entry in DOCKERIGNORE, entry
     for needed in ("bot", "cogs", "inference", "pyproject.toml", "README.md"):
         assert needed not in DOCKERIGNORE, needed
+
+
+def healthcheck_argv() -> list[str]:
+    joined = final_stage().replace("\\\n", " ")
+    probe = re.search(r"^HEALTHCHECK .*?CMD (\[.+\])$", joined, re.MULTILINE)
+    assert probe, "no HEALTHCHECK with an exec-form CMD"
+    argv: list[str] = json.loads(probe.group(1))
+    return argv
+
+
+@contextmanager
+def answering(status: int) -> Iterator[int]:
+    """A loopback HTTP server answering every GET with `status`; yields its port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def probe(port: str | None) -> int:
+    argv = healthcheck_argv()
+    assert argv[0] == "python"
+    env = {k: v for k, v in os.environ.items() if k != "IMG2IMG_METRICS_PORT"}
+    if port is not None:
+        env["IMG2IMG_METRICS_PORT"] = port
+    return subprocess.run([sys.executable, *argv[1:]], env=env, timeout=30).returncode
+
+
+def test_the_healthcheck_passes_on_200_and_fails_otherwise() -> None:
+    assert "IMG2IMG_METRICS_PORT=9100" in final_stage()
+    with answering(200) as port:
+        assert probe(str(port)) == 0
+    with answering(503) as port:
+        assert probe(str(port)) != 0
+    with answering(200) as port:
+        pass
+    assert probe(str(port)) != 0  # nothing listens
+
+
+def test_the_healthcheck_is_off_when_the_port_is_emptied() -> None:
+    assert probe("") == 0
+    assert probe(None) == 0

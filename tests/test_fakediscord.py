@@ -17,6 +17,7 @@ from fakediscord import (
     EventKind,
     FakeDiscord,
     StoredMessage,
+    default_world,
     running_client,
 )
 
@@ -24,6 +25,7 @@ pytest_plugins = ["fakediscord.fixtures"]
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64  # opaque bytes; only identity matters
 MODELS = ["sd15", "sdxl", "flux-dev", "flux-schnell"]
+SESSION_LIMIT = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 2}
 
 
 # -- a minimal bot, defined here so the emulator is tested on its own -----------------------------
@@ -87,8 +89,14 @@ class Probe:
     outcome: asyncio.Future[BaseException | None] | None = None
 
 
-def make_bot(probe: Probe, intents: discord.Intents | None = None) -> commands.Bot:
-    bot = commands.Bot(command_prefix="!", intents=intents or discord.Intents.default())
+class ShardedBot(commands.AutoShardedBot, commands.Bot):
+    """discord.py's auto-sharded bot, typed as a `commands.Bot` (it has the same interface)."""
+
+
+def make_bot(
+    probe: Probe, intents: discord.Intents | None = None, cls: type[commands.Bot] = commands.Bot
+) -> commands.Bot:
+    bot = cls(command_prefix="!", intents=intents or discord.Intents.default())
 
     @bot.tree.command(description="Render an image")
     async def render(
@@ -224,6 +232,39 @@ async def test_login_ready_and_guild_state(fake_discord: FakeDiscord, probe: Pro
     identify = fake_discord.events_of(EventKind.IDENTIFY)[0]
     assert identify.data["token"] == "fake-bot-token"
     assert identify.data["intents"] == intents.value
+
+
+async def test_sharded_client_gets_each_guild_on_its_shard_and_dms_on_shard_0(
+    probe: Probe,
+) -> None:
+    world = default_world()
+    home = (world.guild.id >> 22) % 2
+    other = world.add_guild("Other", shard=(1 - home, 2))
+    elsewhere = world.add_channel(other, "elsewhere")
+    world.add_member(other, world.bot)
+    world.add_member(other, world.bob)
+    async with FakeDiscord(world, shards=2, max_concurrency=2) as fake:
+        client = make_bot(probe, cls=ShardedBot)
+        async with running_client(client, fake) as bot:
+            assert await bot.http.get_bot_gateway() == (2, fake.gateway_url, SESSION_LIMIT)
+            await fake.wait_commands_synced()
+            ready = {
+                e.data["shard"][0]: e.data["session_id"] for e in fake.events_of(EventKind.READY)
+            }
+            assert sorted(ready) == [0, 1]
+            got = {g.id: g.shard_id for g in bot.guilds}
+            assert got == {world.guild.id: home, other.id: 1 - home}
+            places = [(world.general, home), (elsewhere, 1 - home), (world.dm(world.bob), 0)]
+            for channel, shard in places:
+                inter = await fake.slash_command("whoami", user=world.bob, channel=channel)
+                answer = await inter.wait_original()
+                assert answer.content.startswith("dm" if channel.is_dm else "guild")
+                dispatched = fake.events_of(EventKind.INTERACTION_DISPATCHED)[-1]
+                assert (dispatched.interaction_id, dispatched.data["shard"]) == (inter.id, shard)
+            mark = fake.mark()
+            await fake.drop_gateway(shard=1)
+            resumed = await fake.wait_event(EventKind.RESUMED, after=mark)
+            assert resumed.data["session_id"] == ready[1]
 
 
 async def test_command_sync_is_recorded(fake_discord: FakeDiscord, bot: commands.Bot) -> None:

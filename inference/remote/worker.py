@@ -22,6 +22,7 @@ from typing import TypeVar
 from redis.asyncio import Redis
 
 from inference.errors import BackendError, Cancelled, InferenceError
+from inference.metrics import METRICS
 from inference.port import Backend, CancelToken
 from inference.remote.heartbeat import WorkerInfo, clear_heartbeat, write_heartbeat
 from inference.remote.intake import Intake, unless_stopped
@@ -48,6 +49,8 @@ class _Running:
     """Its lease was lost or it was handed back: its outcome is not stored."""
     token: CancelToken = field(default_factory=CancelToken)
     task: asyncio.Task[None] | None = None
+    read_at: float = field(default_factory=time.time)
+    """When this worker read the entry: stored with the outcome (bench/scaleout.py's hop)."""
 
 
 class QueueWorker:
@@ -79,12 +82,15 @@ class QueueWorker:
         self._started = time.time()
         self._closing = False  # ends the background loops (a cancel may be lost mid-command)
         self._draining = False  # ends the heartbeat
+        self.ready = False
+        """Connected to Redis and serving (its `/healthz`)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve jobs until `stop` is set, then drain."""
         group = self._retry(self._intake.ensure_group, "creating the consumer group")
         if not await unless_stopped(stop, asyncio.ensure_future(group)):
             return  # stopped before Redis was ever reachable
+        self.ready = True
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         helpers = [
             asyncio.create_task(coroutine)
@@ -101,6 +107,7 @@ class QueueWorker:
                 for entry, fields, crashes in await self._intake.read(free, self._running, stop):
                     self._start(entry, fields, crashes)
             self._draining = True
+            self.ready = False
             heartbeat.cancel()
             await self._try(clear_heartbeat(self._redis, self.name))  # capacity leaves at once
             await self._drain()
@@ -124,12 +131,17 @@ class QueueWorker:
             if run.released:
                 return
             await self._publisher.flush(run.job_id)
-            stored = outcome_fields(outcome)
+            stored = outcome_fields(outcome) | {"read_at": repr(run.read_at)}
+            stored["stored_at"] = repr(time.time())
             await self._retry(
                 lambda: self._scripts.store(run.job_id, run.entry, stored), "storing a result"
             )
             self._served += 1
-            if not isinstance(outcome, InferenceError):
+            if isinstance(outcome, InferenceError):
+                METRICS.finished("cancelled" if isinstance(outcome, Cancelled) else "failed")
+            else:
+                METRICS.finished("generated")
+                METRICS.images.inc(len(outcome.images))
                 self._remember(outcome.meta.get("model_id"))
         finally:
             self._running.pop(run.entry, None)

@@ -73,6 +73,7 @@ async def _serve(args: argparse.Namespace, stderr: TextIO) -> int:
         print("error: " + "; ".join(exc.problems), file=stderr)
         return EXIT_INVALID
     from inference.backends import create_inference_backend
+    from inference.metrics import start_metrics_server
     from inference.remote.keys import connect
     from inference.remote.worker import QueueWorker
     from inference.safety import OpenNsfwDetector
@@ -93,9 +94,13 @@ async def _serve(args: argparse.Namespace, stderr: TextIO) -> int:
         grace=remote.shutdown_grace,
         models_kept=settings.local.pipeline_cache,
     )
+    port = settings.metrics_port
+    metrics = None if port is None else await start_metrics_server(port, lambda: worker.ready)
     try:
         await worker.run(stop)
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await backend.aclose(timeout=5.0)
         await redis.aclose()
     log.info("worker %s stopped", worker.name)

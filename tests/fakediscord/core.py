@@ -59,6 +59,8 @@ class FakeCore:
         heartbeat_interval_ms: int = 41_250,
         validate: bool = True,
         raise_on_errors: bool = True,
+        shards: int = 1,
+        max_concurrency: int = 1,
     ) -> None:
         self.world = world or default_world()
         config = FakeConfig(
@@ -67,6 +69,8 @@ class FakeCore:
             latency=latency,
             heartbeat_interval_ms=heartbeat_interval_ms,
             validate=validate,
+            shards=shards,
+            max_concurrency=max_concurrency,
         )
         self.state = FakeState(self.world, config)
         self.api = Api(self.state)

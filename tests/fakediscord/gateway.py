@@ -1,5 +1,8 @@
 """The fake gateway (websocket at ``/gateway``): HELLO, heartbeats, IDENTIFY -> READY +
-GUILD_CREATE, RESUME, member chunks, and dispatching events to the connected client."""
+GUILD_CREATE, RESUME, member chunks, and dispatching events to the connected client.
+
+Sharded: each IDENTIFY names its ``"shard": [id, count]`` (default ``[0, 1]``); a session gets the
+guilds with ``(guild_id >> 22) % count == id`` and their events, shard 0 the DMs (as Discord)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ DIRECT_MESSAGES = 1 << 12
 MESSAGE_CONTENT = 1 << 15
 
 
+def shard_of(guild_id: int | None, count: int) -> int:
+    """The shard that owns ``guild_id`` among ``count`` (Discord's formula; DMs: shard 0)."""
+    return 0 if guild_id is None else (guild_id >> 22) % count
+
+
 @dataclass
 class _Pending:
     event: str
@@ -37,10 +45,16 @@ class GatewaySession:
     session_id: str
     intents: int
     identify: Json
+    shard: tuple[int, int] = (0, 1)
     seq: int = 0
     ws: web.WebSocketResponse | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: list[_Pending] = field(default_factory=list)
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Whether this session's shard receives the events of ``guild_id`` (None: DMs)."""
+        shard_id, count = self.shard
+        return shard_of(guild_id, count) == shard_id
 
     async def send(self, payload: Json) -> None:
         """Send one raw frame on the current connection."""
@@ -82,6 +96,8 @@ class GatewayHub:
         self.gateway_url = gateway_url
         self.sessions: dict[str, GatewaySession] = {}
         self.current: GatewaySession | None = None
+        self.shards: dict[int, GatewaySession] = {}
+        """The session that IDENTIFYed last for each shard id."""
         self.connections: set[web.WebSocketResponse] = set()
 
     # -- connection handling ------------------------------------------------------------------
@@ -120,19 +136,27 @@ class GatewayHub:
             await self._chunk(session, data or {})
         return session
 
-    async def _identify(self, ws: web.WebSocketResponse, data: Json) -> GatewaySession:
+    async def _identify(self, ws: web.WebSocketResponse, data: Json) -> GatewaySession | None:
+        shard_id, count = data.get("shard", (0, 1))
+        if not 0 <= shard_id < count:
+            await ws.close(code=4010)  # Invalid shard
+            return None
         session = GatewaySession(
-            session_id=secrets.token_hex(16), intents=int(data.get("intents", 0)), identify=data
+            session_id=secrets.token_hex(16),
+            intents=int(data.get("intents", 0)),
+            identify=data,
+            shard=(shard_id, count),
         )
         session.ws = ws
         self.sessions[session.session_id] = session
-        self.current = session
+        self.current = self.shards[shard_id] = session
         self.state.record(EventKind.IDENTIFY, data=dict(data))
         world = self.state.world
+        guilds = [g for g in world.guilds if session.owns(g.id)]
         ready: Json = {
             "v": 10,
             "user": payloads.user(world.bot),
-            "guilds": [{"id": str(g.id), "unavailable": True} for g in world.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.session_id,
             "resume_gateway_url": self.gateway_url(),
             "application": {"id": str(world.application_id), "flags": 0},
@@ -147,9 +171,10 @@ class GatewayHub:
         if "shard" in data:
             ready["shard"] = data["shard"]
         await session.dispatch("READY", ready)
-        for guild in world.guilds:
+        for guild in guilds:
             await session.dispatch("GUILD_CREATE", payloads.guild_create(guild))
-        self.state.record(EventKind.READY, data={"session_id": session.session_id})
+        ready_event = {"session_id": session.session_id, "shard": [shard_id, count]}
+        self.state.record(EventKind.READY, data=ready_event)
         return session
 
     async def _resume(self, ws: web.WebSocketResponse, data: Json) -> GatewaySession | None:
@@ -180,15 +205,21 @@ class GatewayHub:
         await session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
 
     # -- outgoing -----------------------------------------------------------------------------
-    def require_session(self) -> GatewaySession:
-        """The session that IDENTIFYed last (RuntimeError when no client ever connected)."""
-        if self.current is None:
-            raise RuntimeError("no gateway client has identified yet")
-        return self.current
+    def session_for(self, guild_id: int | None) -> GatewaySession | None:
+        """The session whose shard owns ``guild_id`` (None: DMs, shard 0), if one identified."""
+        return next((s for s in self.shards.values() if s.owns(guild_id)), None)
+
+    def require_session(self, guild_id: int | None = None) -> GatewaySession:
+        """The session that gets the events of ``guild_id`` (None: DMs, on shard 0);
+        RuntimeError when no client identified for that shard."""
+        session = self.session_for(guild_id)
+        if session is None:
+            raise RuntimeError(f"no gateway client has identified for guild {guild_id}'s shard")
+        return session
 
     async def message_event(self, kind: EventKind, msg: StoredMessage) -> None:
         """MESSAGE_CREATE/UPDATE/DELETE to the client, honouring intents; never for ephemerals."""
-        session = self.current
+        session = self.session_for(msg.guild_id)
         if session is None or msg.ephemeral:
             return
         is_dm = msg.guild_id is None
@@ -210,9 +241,12 @@ class GatewayHub:
         name = "MESSAGE_CREATE" if kind is EventKind.MESSAGE_CREATED else "MESSAGE_UPDATE"
         await session.dispatch(name, data)
 
-    async def drop(self, code: int) -> None:
-        """Close the current connection with ``code`` (4000: the client resumes)."""
-        session = self.require_session()
+    async def drop(self, code: int, shard: int | None = None) -> None:
+        """Close the connection of ``shard`` (None: the session that connected last) with
+        ``code`` (4000: the client resumes)."""
+        session = self.current if shard is None else self.shards.get(shard)
+        if session is None:
+            raise RuntimeError(f"no gateway client has identified (shard {shard})")
         if session.ws is not None:
             ws, session.ws = session.ws, None
             await ws.close(code=code)

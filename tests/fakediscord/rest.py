@@ -182,9 +182,16 @@ class Routes:
 
     async def gateway_info(self, request: web.Request) -> web.Response:
         """GET /gateway and /gateway/bot."""
-        url = self.hub.gateway_url()
-        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
-        return json_response({"url": url, "shards": 1, "session_start_limit": limit})
+        url, config = self.hub.gateway_url(), self.state.config
+        if request.path.endswith("/gateway"):
+            return json_response({"url": url})
+        limit = {
+            "total": 1000,
+            "remaining": 1000,
+            "reset_after": 0,
+            "max_concurrency": config.max_concurrency,
+        }
+        return json_response({"url": url, "shards": config.shards, "session_start_limit": limit})
 
     async def create_dm(self, request: web.Request) -> web.Response:
         """POST /users/@me/channels."""

@@ -153,13 +153,16 @@ class FakeDiscord(FakeCore):
         with self.state.lock:
             self.state.forbidden_channels.add(channel.id)
 
-    async def drop_gateway(self, code: int = 4000) -> None:
-        """Close the client's websocket; with 4000 discord.py reconnects and RESUMEs."""
-        await self._on_loop(self.hub.drop(code))
+    async def drop_gateway(self, code: int = 4000, shard: int | None = None) -> None:
+        """Close the client's websocket (of `shard`; None: the last connected); with 4000
+        discord.py reconnects and RESUMEs."""
+        await self._on_loop(self.hub.drop(code, shard))
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send any gateway dispatch (op 0) to the connected client."""
-        await self._on_loop(self.hub.require_session().dispatch(event, data))
+        """Send any gateway dispatch (op 0) to the connected client, on the shard of the
+        ``guild_id`` in ``data`` (none: shard 0)."""
+        guild_id = int(data["guild_id"]) if data.get("guild_id") else None
+        await self._on_loop(self.hub.require_session(guild_id).dispatch(event, data))
 
     # -- interactions -------------------------------------------------------------------------
     async def _send(self, record: InteractionRecord) -> InteractionHandle:
@@ -170,10 +173,10 @@ class FakeDiscord(FakeCore):
                     EventKind.INTERACTION_DISPATCHED,
                     interaction_id=record.id,
                     channel_id=record.channel_id,
-                    data={"type": record.type},
+                    data={"type": record.type, "shard": session.shard[0]},
                 )
 
-        session = self.hub.require_session()
+        session = self.hub.require_session(record.guild_id)
         await self._on_loop(session.dispatch("INTERACTION_CREATE", record.payload, stamp))
         return InteractionHandle(self, record.id, record.token, record.type, record.payload)
 

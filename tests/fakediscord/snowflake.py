@@ -15,9 +15,14 @@ class SnowflakeFactory:
         self._lock = threading.Lock()
         self._last = 0
 
-    def next(self) -> int:
-        """Return a new snowflake, strictly greater than every earlier one."""
+    def next(self, shard: tuple[int, int] = (0, 1)) -> int:
+        """Return a new snowflake, strictly greater than every earlier one; as a guild id,
+        owned by ``shard`` (``[id, count]``: ``(snowflake >> 22) % count == id``)."""
+        shard_id, count = shard
         with self._lock:
             candidate = (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22
-            self._last = max(candidate, self._last + 1)
+            candidate = max(candidate, self._last + 1)
+            millis = candidate >> 22
+            millis += (shard_id - millis) % count  # a later millisecond of that shard
+            self._last = max(candidate, millis << 22)
             return self._last

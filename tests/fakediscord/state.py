@@ -49,6 +49,10 @@ class FakeConfig:
     latency: float = 0.0
     heartbeat_interval_ms: int = 41_250
     validate: bool = True
+    shards: int = 1
+    """What ``GET /gateway/bot`` recommends (how many gateway connections a client opens)."""
+    max_concurrency: int = 1
+    """``session_start_limit.max_concurrency``: IDENTIFYs allowed per 5 seconds."""
 
 
 @dataclass

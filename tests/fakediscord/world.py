@@ -202,6 +202,17 @@ class World:
         guild.members.append(member)
         return member
 
+    def add_guild(
+        self, name: str, owner: FakeUser | None = None, *, shard: tuple[int, int] = (0, 1)
+    ) -> FakeGuild:
+        """Add a guild with only its @everyone role; its id falls on ``shard`` (``[id, count]``),
+        so its events go to that gateway shard."""
+        owner = owner or self.owner
+        guild = FakeGuild(id=self.ids.next(shard), name=name, owner_id=owner.id)
+        self.guilds.append(guild)
+        guild.roles.append(FakeRole(guild.id, "@everyone", int(EVERYONE_PERMISSIONS)))
+        return guild
+
     def add_role(self, guild: FakeGuild, name: str, permissions: int = 0) -> FakeRole:
         """Add a role to ``guild``."""
         role = FakeRole(self.ids.next(), name, int(permissions), position=len(guild.roles))
@@ -261,9 +272,7 @@ def default_world() -> World:
     world = World(application_id=app_id, bot=bot, owner=owner, users={"owner": owner}, ids=ids)
     alice = world.new_user("alice")
     bob = world.new_user("bob")
-    guild = FakeGuild(id=ids.next(), name="Fake Guild", owner_id=owner.id)
-    world.guilds.append(guild)
-    guild.roles.append(FakeRole(guild.id, "@everyone", int(EVERYONE_PERMISSIONS)))
+    guild = world.add_guild("Fake Guild")
     moderator = world.add_role(
         guild, "Moderator", Permission.MANAGE_MESSAGES | Permission.MANAGE_GUILD
     )
