@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS deleted_usage (
 CREATE TABLE IF NOT EXISTS guild_policy (
     guild_id INTEGER PRIMARY KEY,
     default_safety_checker_type TEXT,
-    allow_safety_off_in_nsfw INTEGER NOT NULL DEFAULT 1
+    allow_safety_off_in_nsfw INTEGER NOT NULL DEFAULT 1,
+    blocked_words TEXT NOT NULL DEFAULT '[]',
+    kid_safe INTEGER NOT NULL DEFAULT 0,
+    previews INTEGER NOT NULL DEFAULT 1
 );
 """
 
@@ -110,22 +113,34 @@ _ADDED_COLUMNS = {
     "result_message_id": "INTEGER",
 }
 """Columns newer than the first schema, added to an older database when it is opened."""
+_ADDED_POLICY_COLUMNS = {
+    "blocked_words": "TEXT NOT NULL DEFAULT '[]'",
+    "kid_safe": "INTEGER NOT NULL DEFAULT 0",
+    "previews": "INTEGER NOT NULL DEFAULT 1",
+}
 _UNFINISHED = "('queued', 'running')"
 _KEPT = "('queued', 'running', 'generated')"  # what deleting a user's records leaves alone
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a database written by an older version up to this schema."""
-    present = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for name, kind in _ADDED_COLUMNS.items():
-        if name not in present:
-            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    _add_columns(conn, "guild_policy", _ADDED_POLICY_COLUMNS)
+    present = _add_columns(conn, "jobs", _ADDED_COLUMNS)
     if "result_message_id" not in present:
         # Jobs that ended before outcomes were tracked were reported then (or never will be).
         conn.execute("UPDATE jobs SET status = 'delivered' WHERE status = 'done'")
         conn.execute(
             f"UPDATE jobs SET result_message_id = 0 WHERE status NOT IN {_UNFINISHED}"  # noqa: S608
         )
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> set[str]:
+    """Add the `columns` that `table` lacks; return the column names it had before."""
+    present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    return present
 
 
 @dataclass(frozen=True)
@@ -148,10 +163,16 @@ class QuotaExceeded:
 
 @dataclass(frozen=True)
 class GuildPolicy:
-    """A guild's NSFW policy, set by its admins."""
+    """A guild's policy, set by its admins: NSFW handling, the prompt filter and previews."""
 
     default_safety_checker_type: str | None = None
     allow_safety_off_in_nsfw: bool = True
+    blocked_words: tuple[str, ...] = ()
+    """Words and phrases refused in prompts (matched case-insensitively on word boundaries)."""
+    kid_safe: bool = False
+    """Safety checker forced on with `black` or `blur` censoring in every channel."""
+    previews: bool = True
+    """Show live previews in progress messages."""
 
 
 class JobStore:
@@ -398,6 +419,9 @@ class JobStore:
             policy = GuildPolicy(
                 default_safety_checker_type=row["default_safety_checker_type"],
                 allow_safety_off_in_nsfw=bool(row["allow_safety_off_in_nsfw"]),
+                blocked_words=tuple(json.loads(row["blocked_words"])),
+                kid_safe=bool(row["kid_safe"]),
+                previews=bool(row["previews"]),
             )
         return self._policies.setdefault(guild_id, policy)
 
@@ -406,12 +430,19 @@ class JobStore:
             guild_id,
             policy.default_safety_checker_type,
             int(policy.allow_safety_off_in_nsfw),
+            json.dumps(list(policy.blocked_words)),
+            int(policy.kid_safe),
+            int(policy.previews),
         )
         await self._run(
             lambda c: c.execute(
-                "INSERT INTO guild_policy VALUES (?,?,?) ON CONFLICT(guild_id) DO UPDATE SET"
+                "INSERT INTO guild_policy (guild_id, default_safety_checker_type,"
+                " allow_safety_off_in_nsfw, blocked_words, kid_safe, previews)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(guild_id) DO UPDATE SET"
                 " default_safety_checker_type = excluded.default_safety_checker_type,"
-                " allow_safety_off_in_nsfw = excluded.allow_safety_off_in_nsfw",
+                " allow_safety_off_in_nsfw = excluded.allow_safety_off_in_nsfw,"
+                " blocked_words = excluded.blocked_words, kid_safe = excluded.kid_safe,"
+                " previews = excluded.previews",
                 params,
             )
         )

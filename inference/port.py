@@ -54,7 +54,7 @@ class Job(BaseModel):
 class ProgressEvent(BaseModel):
     """What a backend reports while a job runs; `step` counts denoising steps done."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     job_id: str
     stage: Literal["queued", "loading", "running", "postprocessing", "uploading"]
@@ -65,6 +65,8 @@ class ProgressEvent(BaseModel):
     external_id: str | None = None
     """Set once the backend has an external handle for the job (the API accepted it): the bot
     stores it with the job and hands it back in `Job.external_id` if the job is resumed."""
+    preview: bytes | None = Field(default=None, repr=False)
+    """A small image (PNG or JPEG bytes) of the work in progress, when the backend makes one."""
 
     @property
     def fraction(self) -> float:
