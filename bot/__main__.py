@@ -27,10 +27,11 @@ from bot.store import JobStore
 from cogs.views import ButtonFactory
 from inference import Backend, InferenceError, InferenceSettings
 from inference.backends import create_backend
-from inference.metrics import METRICS, start_metrics_server
+from inference.metrics import METRICS, MetricsPortInUse, start_metrics_server
 from inference.remote.heartbeat import WorkerInfo
 from inference.remote.submitter import RemoteBackend
-from inference.safety import OpenNsfwDetector
+from inference.safety import NsfwDetector, OpenNsfwDetector, threshold_from
+from inference.upscale import Tiling, UpscaleRunner
 
 log = logging.getLogger("bot")
 BACKOFF = Backoff()  # 1 s, doubling up to 60 s, between attempts to reach Discord
@@ -47,13 +48,22 @@ def queue_limits(settings: BotSettings) -> QueueLimits:
 
 
 def build_bot(
-    settings: BotSettings, inference_settings: InferenceSettings, backend: Backend
+    settings: BotSettings,
+    inference_settings: InferenceSettings,
+    backend: Backend,
+    *,
+    detector: NsfwDetector | None = None,
+    tiling: Tiling | None = None,
 ) -> Img2ImgBot:
     """The bot with its store, catalog, queue, acknowledgement tracker and buttons.
 
-    Call it inside the running event loop (the client's HTTP connector needs it).
+    `detector` checks upscaled images (the backend checks its own); `tiling`, how upscales are
+    cut (tests use small tiles). Call it inside the running event loop (the client's HTTP
+    connector needs it).
     """
     store = JobStore(settings.store.database)
+    threshold = threshold_from(inference_settings, detector) if detector is not None else None
+    upscaler = UpscaleRunner(backend, detector=detector, threshold=threshold, tiling=tiling)
     METRICS.watch_workers(_live_workers(backend))
     return Img2ImgBot(
         settings=settings,
@@ -61,9 +71,9 @@ def build_bot(
         backend=backend,
         store=store,
         catalog=load_catalog(inference_settings.models_file),
-        queue=FairQueue(backend, store, queue_limits(settings)),
+        queue=FairQueue(backend, store, queue_limits(settings), upscaler=upscaler),
         acks=AckTracker(),
-        views=ButtonFactory(),
+        views=ButtonFactory(upscaler.tiling),
     )
 
 
@@ -100,11 +110,12 @@ async def run(
     discord_settings = settings.discord
     assert discord_settings.token is not None
     point_discord_at(discord_settings.api_base, discord_settings.gateway_url)
+    detector = OpenNsfwDetector()
     try:
-        backend = create_backend(inference_settings, detector=OpenNsfwDetector())
+        backend = create_backend(inference_settings, detector=detector)
     except (InferenceError, ValueError) as exc:
         return _fail(f"the {inference_settings.backend} backend cannot start: {exc}")
-    bot = build_bot(settings, inference_settings, backend)
+    bot = build_bot(settings, inference_settings, backend, detector=detector)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -159,7 +170,10 @@ def main() -> int:
     if checked.settings is None or checked.inference_settings is None:
         print(startup.report(checked.problems), file=sys.stderr)
         return 2
-    return asyncio.run(run(checked.settings, checked.inference_settings))
+    try:
+        return asyncio.run(run(checked.settings, checked.inference_settings))
+    except MetricsPortInUse as exc:  # raised before Discord is contacted
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

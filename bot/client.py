@@ -20,6 +20,7 @@ from bot.errors import report_unexpected
 from bot.jobs import JobQueue
 from bot.loads import ImageLoads
 from bot.present import JobReporter, Requester, ViewFactory
+from bot.result_check import checked_result
 from bot.resume import Leftovers, resume_jobs
 from bot.store import JobStore
 from inference import Backend, InferenceSettings
@@ -27,7 +28,7 @@ from inference import Backend, InferenceSettings
 __all__ = ["EXTENSIONS", "Img2ImgBot", "Img2ImgTree", "point_discord_at"]
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("cogs.img2img", "cogs.admin", "cogs.history")
+EXTENSIONS = ("cogs.img2img", "cogs.admin", "cogs.history", "cogs.styles")
 IDENTIFY_INTERVAL = 5.0
 """Seconds between two gateway sessions started in one identify bucket (Discord's limit)."""
 DISCORD_CONNECTIONS = 32
@@ -179,6 +180,12 @@ class Img2ImgBot(commands.AutoShardedBot):
         async def remember(message_id: int) -> None:
             await self.store.update(job_id, message_id=message_id)
 
+        async def previews() -> bool:
+            """The server's switch for live previews (always on in DMs)."""
+            guild = getattr(channel, "guild", None)
+            guild_id = guild.id if guild is not None else getattr(channel, "guild_id", None)
+            return guild_id is None or (await self.store.guild_policy(guild_id)).previews
+
         return JobReporter(
             note=note,
             job_id=job_id,
@@ -191,6 +198,8 @@ class Img2ImgBot(commands.AutoShardedBot):
             remember=remember,
             policy=self.delivery_policy,
             token_lifetime=self.settings.delivery.token_lifetime,
+            check=lambda result: checked_result(self.store, job_id, result),
+            previews=previews,
         )
 
     async def close(self) -> None:

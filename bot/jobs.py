@@ -204,8 +204,18 @@ class FairQueue:
     earlier arrival.
     """
 
-    def __init__(self, backend: Backend, store: JobStore, limits: QueueLimits) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        store: JobStore,
+        limits: QueueLimits,
+        *,
+        upscaler: Backend | None = None,
+    ) -> None:
+        """`upscaler` runs the "upscale" jobs (`inference.upscale.UpscaleRunner`, whose tiles
+        go to `backend`); it takes one place in the queue like any job."""
         self._backend = backend
+        self._upscaler = upscaler
         self._store = store
         self._limits = limits
         self._waiting: list[_Entry] = []
@@ -445,7 +455,10 @@ class FairQueue:
                 init_image=record.init_image or b"",
                 external_id=record.external_id,
             )
-            result = await self._backend.generate(job, self._progress(entry), entry.cancel)
+            runner = self._upscaler if record.kind == "upscale" else self._backend
+            if runner is None:
+                raise JobFailure("Upscaling is not available on this bot.")
+            result = await runner.generate(job, self._progress(entry), entry.cancel)
             await self._store.save_result(record.id, result)
             METRICS.images.inc(len(result.images))
         except Cancelled as exc:

@@ -27,21 +27,31 @@ __all__ = [
     "ALREADY_FINISHED",
     "ANSWERED_PRIVATELY",
     "ATTACHMENT_UNREADABLE",
+    "BLOCKED_ENTRY_NEEDS_A_LETTER",
     "CANCELLING",
+    "ENHANCED_PROMPT_BLOCKED",
     "GIVE_ONE_IMAGE",
     "HISTORY_TITLE",
+    "IMAGE_ACTIONS_PLACEHOLDER",
+    "IMAGE_GONE",
     "INPUT_GONE",
     "MESSAGE_HAS_NO_IMAGE",
     "NEEDS_MANAGE_SERVER",
     "NO_HISTORY",
     "NO_IMAGE",
+    "NO_STYLES",
     "NO_WORKER_ONLINE",
     "ONLY_OWN_RECORDS",
+    "PROMPT_BLOCKED",
     "RECORD_GONE",
     "SAFETY_STAYS_ON",
     "SERVERS_ONLY",
     "STATUS_NEEDS_MANAGE_SERVER",
+    "STYLES_IN_SERVERS_ONLY",
+    "STYLES_NEED_MANAGE_SERVER",
+    "STYLE_NEEDS_ONE_PLACEHOLDER",
     "about_job",
+    "blocked_entry_too_long",
     "bot_status",
     "channel_unavailable",
     "crashed_too_often",
@@ -49,6 +59,7 @@ __all__ = [
     "describe_refusal",
     "describe_validation_error",
     "fewer_images",
+    "filter_summary",
     "history_footer",
     "history_line",
     "image_description",
@@ -56,6 +67,7 @@ __all__ = [
     "image_too_large",
     "in_process_status",
     "input_is_the_requesters",
+    "no_such_style",
     "not_a_pair",
     "not_an_image",
     "only_requester",
@@ -66,8 +78,17 @@ __all__ = [
     "result_author",
     "result_footer",
     "result_undeliverable",
+    "style_bad_name",
+    "style_line",
+    "style_removed",
+    "style_saved",
+    "style_too_long",
+    "styles_full",
+    "styles_list",
+    "too_many_blocked",
     "unexpected_error",
     "unknown_option",
+    "upscale_cost",
     "workers_status",
 ]
 
@@ -120,6 +141,15 @@ def unknown_option(name: str, allowed: str) -> str:
 
 RECORD_GONE = "That job's record is gone (deleted, or past the retention period)."
 INPUT_GONE = "The input image of that job is no longer stored."
+IMAGE_GONE = "That image is no longer stored (deleted, or past the retention period)."
+IMAGE_ACTIONS_PLACEHOLDER = "Upscale or vary an image…"
+
+
+def upscale_cost(tiles: int) -> str:
+    """Why an upscale counts as several images against the daily quotas."""
+    return f"An upscale counts as {tiles} images against the daily quota (one per tile)."
+
+
 CANCELLING = "Cancelling…"
 ALREADY_FINISHED = "That job has already finished."
 
@@ -289,6 +319,7 @@ def describe_error(error: InferenceError) -> str:
 
 
 NO_WORKER_ONLINE = "No GPU worker is online right now: your job will start as soon as one joins."
+PREVIEW_DESCRIPTION = "A preview of the image being made (blurred where the safety checker is on)."
 
 
 def queued_text(position: int) -> str:
@@ -327,7 +358,7 @@ def bot_status(waiting: int, running: int, delivered: int, failed: int, backend:
     """`/img2img-status`: the queue, what runs the jobs (`backend`), today's outcomes."""
     return (
         f"**Queue:** {waiting} waiting, {running} running\n{backend}\n"
-        f"**Today** (UTC, since the bot started): {delivered} delivered, {failed} failed"
+        f"**Today** (UTC): {delivered} delivered, {failed} failed"
     )
 
 
@@ -345,3 +376,86 @@ def workers_status(workers: Sequence[WorkerInfo]) -> str:
         models = ", ".join(worker.models) or "no model loaded yet"
         lines.append(f"- {worker.name}: capacity {worker.capacity}, models: {models}")
     return "\n".join(lines)
+
+
+# -- server styles, the prompt filter, kid-safe ----------------------------------------------------
+
+STYLES_NEED_MANAGE_SERVER = "You need the Manage Server permission to change this server's styles."
+NO_STYLES = (
+    "This server has no styles yet. Members with Manage Server add them with `/img2img-style add`."
+)
+STYLES_IN_SERVERS_ONLY = "Styles belong to servers: leave out `style` in DMs."
+STYLE_NEEDS_ONE_PLACEHOLDER = (
+    "The style's prompt must contain `{prompt}` exactly once, where the user's prompt goes "
+    "(e.g. `{prompt}, watercolor, soft light`)."
+)
+PROMPT_BLOCKED = (
+    "This server doesn't allow some of the words in your prompt. Change the prompt and try again."
+)
+ENHANCED_PROMPT_BLOCKED = (
+    "The prompt this job ran with contains words this server doesn't allow (`enhance_prompt` "
+    "may have added them), so its images were not posted. Try another prompt, or turn "
+    "`enhance_prompt` off."
+)
+BLOCKED_ENTRY_NEEDS_A_LETTER = (
+    "Each blocked word or phrase needs at least one letter or digit; separate them with commas."
+)
+
+
+def style_bad_name(limit: int) -> str:
+    return f"A style name is 1–{limit} letters, digits, `-` or `_` (e.g. `watercolor`)."
+
+
+def style_too_long(part: str, limit: int, length: int) -> str:
+    return f"The style's {part} has {length} characters; the limit is {limit}. Shorten it."
+
+
+def styles_full(limit: int) -> str:
+    return (
+        f"This server has {limit} styles, the most it can have. "
+        "Remove one with `/img2img-style remove` first."
+    )
+
+
+def style_saved(name: str) -> str:
+    return f"Saved the style `{name}`. Use it with `/img2img style:{name}`."
+
+
+def style_removed(name: str) -> str:
+    return f"Removed the style `{name}`."
+
+
+def no_such_style(name: str, names: Sequence[str]) -> str:
+    if not names:
+        return f"There is no style `{name}`: {NO_STYLES}"
+    return f"This server has no style `{name}`. Styles: {', '.join(names)}."
+
+
+def styles_list(lines: Sequence[str], limit: int) -> str:
+    return f"**Styles** ({len(lines)} of {limit}):\n" + "\n".join(lines)
+
+
+def style_line(name: str, template: str, negative: str | None) -> str:
+    line = f"- `{name}`: {_shorten(template, 150)}"
+    return line + (f" · negative: {_shorten(negative, 80)}" if negative else "")
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def blocked_entry_too_long(limit: int, start: str) -> str:
+    return f"Each blocked word or phrase may have at most {limit} characters; shorten `{start}…`."
+
+
+def too_many_blocked(limit: int, count: int) -> str:
+    return f"A server may block at most {limit} words or phrases ({count} given)."
+
+
+def filter_summary(blocked: int, kid_safe: bool, previews: bool) -> str:
+    kid = "on: safety checker and black/blur censoring in every channel" if kid_safe else "off"
+    return (
+        f"**Blocked words and phrases:** {blocked or 'none'}\n"
+        f"**Kid-safe:** {kid}\n"
+        f"**Live previews:** {'on' if previews else 'off'}"
+    )

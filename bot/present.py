@@ -92,7 +92,9 @@ class UnknownUser:
 class ViewFactory(Protocol):
     """Builds the buttons (they live in `cogs.views`; the bot only places them)."""
 
-    def result(self, job_id: str, images: int) -> discord.ui.View: ...
+    def result(self, job_id: str, images: int, *, upscaled: bool = False) -> discord.ui.View:
+        """The result's buttons (an upscaled result's have no Upscale)."""
+        ...
 
     def cancel(self, job_id: str) -> discord.ui.View: ...
 
@@ -163,6 +165,7 @@ def result_embed(result: Img2ImgResult, requester: str) -> discord.Embed:
             name="Negative", value=_clip(str(meta["negative_prompt"]), 300), inline=False
         )
     fields: list[tuple[str, Any]] = [
+        ("Style", meta.get("style")),
         ("Model", meta.get("model_id")),
         ("Size", f"{meta.get('width')}×{meta.get('height')}"),
         ("Steps", meta.get("num_inference_steps")),
@@ -211,8 +214,13 @@ class JobReporter:
         remember: Callable[[int], Awaitable[None]] | None = None,
         policy: RetryPolicy | None = None,
         token_lifetime: float = TOKEN_LIFETIME,
+        check: Callable[[Img2ImgResult], Awaitable[Img2ImgResult]] | None = None,
+        previews: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        """`previews`: whether the job's live previews may be shown (the server's switch),
+        asked at the first preview; None: they are not shown."""
         self.job_id = job_id
+        self._check = check  # vets the result before it is posted (`bot.result_check`)
         self._note = note
         self._channel = channel
         self._requester = requester
@@ -230,6 +238,9 @@ class JobReporter:
             remember=remember,
         )
         self._latest: str | None = None
+        self._previews = previews
+        self._previews_on: bool | None = None  # the answer of `previews`, once asked
+        self._preview: bytes | None = None  # the latest live preview not shown yet
         self._queued = ""  # the last position's text
         self._no_worker = ""  # a line saying that no GPU worker is online, while none is
         self._shown: str | None = None
@@ -252,18 +263,25 @@ class JobReporter:
             self._show((self._queued + self._no_worker).strip())
             return
         self._no_worker = ""
+        if event.preview is not None and self._previews is not None:
+            self._preview = event.preview
+            self._wake.set()
         self._show(progress_text(event.step, event.total_steps, event.eta_seconds, event.stage))
 
     async def finished(self, result: Img2ImgResult) -> int:
         """Post the result; the id of the message that carries it. Raises `JobFailure` when
         the channel refuses the bot."""
         await self._stop_pump()
+        if self._check is not None:
+            result = await self._check(result)
         interaction = self._status.interaction
         limit = interaction.filesize_limit if interaction else DEFAULT_UPLOAD_LIMIT
         uploads = await _uploads(self.job_id, result.images, limit)
         content = _result_content(result, self._requester.mention)
         embed = result_embed(result, self._requester.display_name)
-        view = self._views.result(self.job_id, len(result.images))
+        view = self._views.result(
+            self.job_id, len(result.images), upscaled="upscale" in result.meta
+        )
         what = f"job {self.job_id}: posting the result"
         if interaction is not None:
             try:
@@ -354,22 +372,40 @@ class JobReporter:
             if wait > 0:
                 await asyncio.sleep(wait)
             text = self._latest
-            if text is None or text == self._shown or self._done:
+            preview = await self._take_preview()
+            if text is None or (text == self._shown and preview is None) or self._done:
                 continue
             self._last_edit = time.monotonic()
             self._editing = True
             try:
                 await self._status.show(
-                    f"{self._note}\n{text}" if self._note else text, self._cancel_view
+                    f"{self._note}\n{text}" if self._note else text,
+                    self._cancel_view,
+                    preview=preview,
                 )
                 self._shown = text
             except Exception as exc:
+                if preview is not None and self._preview is None:
+                    self._preview = preview  # the next try shows it, unless a newer one came
                 if not _is_discord_error(exc):
                     raise
                 log.debug("job %s: progress edit failed (%s)", self.job_id, exc)
                 self._wake.set()  # try again at the next interval
             finally:
                 self._editing = False
+
+    async def _take_preview(self) -> bytes | None:
+        """The latest live preview not shown yet, if the job's previews are shown at all."""
+        preview, self._preview = self._preview, None
+        if preview is None or self._previews is None:
+            return None
+        if self._previews_on is None:
+            try:
+                self._previews_on = await self._previews()
+            except Exception:
+                log.exception("job %s: could not tell whether to show previews", self.job_id)
+                self._previews_on = False
+        return preview if self._previews_on else None
 
     async def close(self) -> None:
         """Stop following the job without reporting anything (it was not accepted)."""

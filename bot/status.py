@@ -10,6 +10,7 @@ retried after a lost answer does not become a second message. Its id is stored a
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import time
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.delivery import RetryPolicy, is_gone, is_transient, retrying
+from bot.messages import PREVIEW_DESCRIPTION
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
@@ -28,6 +30,8 @@ __all__ = ["StatusMessage", "nonce"]
 log = logging.getLogger(__name__)
 UNKNOWN_MESSAGE = 10008
 END_NONCE = "f"
+PREVIEW_FILE = "preview.jpg"
+"""The name of the live preview attached to a status message while the job runs."""
 RETIRE_PATIENCE = 120.0
 """Seconds spent retrying the deletion of a finished job's status message before giving up."""
 _PARTIAL_CAPABLE = (
@@ -86,13 +90,18 @@ class StatusMessage:
         mentions: discord.AllowedMentions | None = None,
         *,
         final: bool = False,
+        preview: bytes | None = None,
     ) -> None:
         """One attempt to show `text` with `view` (None: no buttons); errors are raised.
-        `mentions` applies when a new message has to be posted; `final`: the job's end."""
+        `mentions` applies when a new message has to be posted; `final`: the job's end (it
+        removes the live preview); `preview`: a new live preview (JPEG) replacing the last."""
+        files = _preview_files(preview, final)
         interaction = self.interaction
         if interaction is not None:
             try:
-                message = await interaction.edit_original_response(content=text, view=view)
+                message = await interaction.edit_original_response(
+                    content=text, view=view, **files()
+                )
             except discord.HTTPException as exc:
                 if is_transient(exc):
                     raise
@@ -104,7 +113,7 @@ class StatusMessage:
         partial = self._partial()
         if partial is not None:
             try:
-                await partial.edit(content=text, view=view)
+                await partial.edit(content=text, view=view, **files())
                 return
             except discord.NotFound:
                 log.info("job %s: the status message was deleted", self._job_id)
@@ -120,6 +129,8 @@ class StatusMessage:
             options["view"] = view
         if mentions is not None:
             options["allowed_mentions"] = mentions
+        if preview is not None:
+            options["files"] = files()["attachments"]
         posted = await self._channel.send(text, **options)
         self._post_nonce = None
         await self._learn(posted.id)
@@ -210,3 +221,18 @@ class StatusMessage:
                 await self._remember(message_id)
             except Exception:
                 log.exception("job %s: storing its status message id failed", self._job_id)
+
+
+def _preview_files(preview: bytes | None, final: bool) -> Callable[[], dict[str, Any]]:
+    """The `attachments` argument of an edit, fresh for each attempt (a sent file is closed): the
+    new preview; none at the end (a preview shown before a restart included); else nothing (the
+    attachments are kept)."""
+
+    def files() -> dict[str, Any]:
+        if preview is not None:
+            data = io.BytesIO(preview)
+            file = discord.File(data, filename=PREVIEW_FILE, description=PREVIEW_DESCRIPTION)
+            return {"attachments": [file]}
+        return {"attachments": []} if final else {}
+
+    return files

@@ -26,9 +26,20 @@ from typing import Any, Literal, TypeVar
 
 from inference import GeneratedImage, Img2ImgRequest, Img2ImgResult
 
-__all__ = ["DailyQuotas", "GuildPolicy", "JobRecord", "JobStatus", "JobStore", "QuotaExceeded"]
+__all__ = [
+    "DailyQuotas",
+    "GuildPolicy",
+    "JobKind",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "QuotaExceeded",
+    "ServerStyle",
+]
 
 JobStatus = Literal["queued", "running", "generated", "delivered", "failed", "cancelled"]
+JobKind = Literal["img2img", "upscale"]
+"""What the queue runs: an ordinary job, or an Upscale (its tiles, `inference.upscale`)."""
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -50,13 +61,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     starts INTEGER NOT NULL DEFAULT 0,
     external_id TEXT,
     result TEXT,
-    result_message_id INTEGER
+    kind TEXT NOT NULL DEFAULT 'img2img',
+    cost INTEGER,
+    result_message_id INTEGER,
+    style TEXT
 );
 CREATE TABLE IF NOT EXISTS job_images (
     job_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
     meta TEXT NOT NULL,
     data BLOB NOT NULL,
+    original BLOB,
     PRIMARY KEY (job_id, idx)
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner_id, created_at);
@@ -75,6 +90,13 @@ CREATE TABLE IF NOT EXISTS guild_policy (
     blocked_words TEXT NOT NULL DEFAULT '[]',
     kid_safe INTEGER NOT NULL DEFAULT 0,
     previews INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS styles (
+    guild_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    template TEXT NOT NULL,
+    negative_prompt TEXT,
+    PRIMARY KEY (guild_id, name)
 );
 """
 
@@ -100,10 +122,15 @@ class JobRecord:
     error: str | None = None
     starts: int = 0
     """How many times the job was handed to the backend (one more than the restarts it caused)."""
+    kind: JobKind = "img2img"
+    cost: int | None = None
+    """Images counted against the daily quotas (an upscale: its tiles); None: `samples`."""
     external_id: str | None = None
     """The backend's handle for the job (`inference.ProgressEvent.external_id`)."""
     result_message_id: int | None = None
     """The message that shows the job's outcome (0: shown without one, e.g. privately)."""
+    style: str | None = None
+    """The server style applied to the prompt (`ServerStyle.name`); kept for display and rerolls."""
 
 
 _ADDED_COLUMNS = {
@@ -111,6 +138,9 @@ _ADDED_COLUMNS = {
     "external_id": "TEXT",
     "result": "TEXT",
     "result_message_id": "INTEGER",
+    "kind": "TEXT NOT NULL DEFAULT 'img2img'",
+    "cost": "INTEGER",
+    "style": "TEXT",
 }
 """Columns newer than the first schema, added to an older database when it is opened."""
 _ADDED_POLICY_COLUMNS = {
@@ -125,6 +155,7 @@ _KEPT = "('queued', 'running', 'generated')"  # what deleting a user's records l
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a database written by an older version up to this schema."""
     _add_columns(conn, "guild_policy", _ADDED_POLICY_COLUMNS)
+    _add_columns(conn, "job_images", {"original": "BLOB"})
     present = _add_columns(conn, "jobs", _ADDED_COLUMNS)
     if "result_message_id" not in present:
         # Jobs that ended before outcomes were tracked were reported then (or never will be).
@@ -175,6 +206,16 @@ class GuildPolicy:
     """Show live previews in progress messages."""
 
 
+@dataclass(frozen=True)
+class ServerStyle:
+    """A server's named prompt template (`bot.styles` validates and applies it)."""
+
+    name: str
+    template: str
+    """The prompt, with `{prompt}` where the user's prompt goes."""
+    negative_prompt: str | None = None
+
+
 class JobStore:
     """SQLite-backed store; one connection used from worker threads under a lock."""
 
@@ -185,6 +226,7 @@ class JobStore:
         # Read before every acknowledgement: kept in memory so that a burst of commands does
         # not queue up in worker threads before Discord's 3-second deadline.
         self._policies: dict[int, GuildPolicy] = {}
+        self._styles: dict[int, tuple[ServerStyle, ...]] = {}  # read before acknowledging too
 
     async def open(self) -> None:
         await asyncio.to_thread(self._open)
@@ -293,7 +335,7 @@ class JobStore:
         wire = result.to_wire()
         wire.pop("images")
         images = [
-            (job_id, index, image.model_dump_json(exclude={"data"}), image.data)
+            (job_id, index, image.model_dump_json(exclude={"data"}), image.data, image.original)
             for index, image in enumerate(result.images)
         ]
         job = (
@@ -307,7 +349,10 @@ class JobStore:
         def work(c: sqlite3.Connection) -> None:
             with _transaction(c):
                 c.execute("DELETE FROM job_images WHERE job_id = ?", (job_id,))
-                c.executemany("INSERT INTO job_images VALUES (?,?,?,?)", images)
+                c.executemany(
+                    "INSERT INTO job_images (job_id, idx, meta, data, original) VALUES (?,?,?,?,?)",
+                    images,
+                )
                 c.execute(
                     "UPDATE jobs SET status = 'generated', result = ?, finished_at = ?,"
                     " seeds = ?, nsfw = ? WHERE id = ?",
@@ -324,12 +369,15 @@ class JobStore:
             if row is None or row["result"] is None:
                 return None
             images = c.execute(
-                "SELECT meta, data FROM job_images WHERE job_id = ? ORDER BY idx", (job_id,)
+                "SELECT meta, data, original FROM job_images WHERE job_id = ? ORDER BY idx",
+                (job_id,),
             ).fetchall()
             return Img2ImgResult.model_validate_json(row["result"]).model_copy(
                 update={
                     "images": [
-                        GeneratedImage.model_validate({**json.loads(i["meta"]), "data": i["data"]})
+                        GeneratedImage.model_validate(
+                            {**json.loads(i["meta"]), "data": i["data"], "original": i["original"]}
+                        )
                         for i in images
                     ]
                 }
@@ -397,6 +445,17 @@ class JobStore:
             )
         )
 
+    async def outcomes_since(self, since: float) -> dict[str, int]:
+        """How many jobs finished since `since`, by status (the store's record survives restarts,
+        unlike the process's metrics)."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE finished_at >= ? GROUP BY status",
+                (since,),
+            ).fetchall()
+        )
+        return {str(row["status"]): int(row["n"]) for row in rows}
+
     async def purge_older_than(self, cutoff: float) -> int:
         """Delete records (with their images) created before `cutoff`, unfinished jobs kept."""
         where = f"created_at < ? AND status NOT IN {_UNFINISHED}"
@@ -448,6 +507,56 @@ class JobStore:
         )
         self._policies[guild_id] = policy
 
+    # -- server styles ---------------------------------------------------------------------------
+
+    async def styles(self, guild_id: int) -> tuple[ServerStyle, ...]:
+        """The server's styles, by name."""
+        cached = self._styles.get(guild_id)
+        if cached is not None:
+            return cached
+        styles = await self._run(lambda c: _styles_of(c, guild_id))
+        return self._styles.setdefault(guild_id, styles)
+
+    async def put_style(self, guild_id: int, style: ServerStyle, limit: int) -> bool:
+        """Add `style` or replace the one of that name; False when the server already has
+        `limit` others (counted and written in one transaction)."""
+
+        def work(c: sqlite3.Connection) -> tuple[bool, tuple[ServerStyle, ...]]:
+            with _transaction(c):
+                others = c.execute(
+                    "SELECT COUNT(*) FROM styles WHERE guild_id = ? AND name != ?",
+                    (guild_id, style.name),
+                ).fetchone()[0]
+                if others < limit:
+                    c.execute(
+                        "INSERT OR REPLACE INTO styles VALUES (?,?,?,?)",
+                        (guild_id, style.name, style.template, style.negative_prompt),
+                    )
+                return others < limit, _styles_of(c, guild_id)
+
+        added, self._styles[guild_id] = await self._run(work)
+        return added
+
+    async def remove_style(self, guild_id: int, name: str) -> bool:
+        """Remove the server's style `name`; False when it has none of that name."""
+
+        def work(c: sqlite3.Connection) -> tuple[bool, tuple[ServerStyle, ...]]:
+            with _transaction(c):
+                cursor = c.execute(
+                    "DELETE FROM styles WHERE guild_id = ? AND name = ?", (guild_id, name)
+                )
+                return bool(cursor.rowcount), _styles_of(c, guild_id)
+
+        removed, self._styles[guild_id] = await self._run(work)
+        return removed
+
+
+def _styles_of(conn: sqlite3.Connection, guild_id: int) -> tuple[ServerStyle, ...]:
+    rows = conn.execute(
+        "SELECT * FROM styles WHERE guild_id = ? ORDER BY name", (guild_id,)
+    ).fetchall()
+    return tuple(ServerStyle(r["name"], r["template"], r["negative_prompt"]) for r in rows)
+
 
 def _record(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
@@ -469,8 +578,11 @@ def _record(row: sqlite3.Row) -> JobRecord:
         message_id=row["message_id"],
         error=row["error"],
         starts=row["starts"],
+        kind=row["kind"],
+        cost=row["cost"],
         external_id=row["external_id"],
         result_message_id=row["result_message_id"],
+        style=row["style"],
     )
 
 
@@ -486,17 +598,22 @@ def _insert(conn: sqlite3.Connection, job: JobRecord) -> None:
         job.created_at,
         json.dumps(job.seeds),
         job.message_id,
+        job.style,
     )
     conn.execute(
         "INSERT INTO jobs (id, owner_id, guild_id, channel_id, request, init_image, status,"
-        " created_at, seeds, message_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        " created_at, seeds, message_id, style) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         row,
     )
+    if job.kind != "img2img" or job.cost is not None:
+        conn.execute(
+            "UPDATE jobs SET kind = ?, cost = ? WHERE id = ?", (job.kind, job.cost, job.id)
+        )
 
 
 _COUNTED = "(status != 'cancelled' OR started_at IS NOT NULL)"
 """Jobs that count against daily quotas: all but those cancelled before they started."""
-_IMAGES = "COALESCE(json_extract(request, '$.samples'), 1)"
+_IMAGES = "COALESCE(cost, json_extract(request, '$.samples'), 1)"
 _USAGE_KEPT = 2 * 86_400  # seconds the usage of deleted records is kept (quotas look back a day)
 
 
@@ -529,7 +646,7 @@ def _over_quota(
     conn: sqlite3.Connection, job: JobRecord, quotas: DailyQuotas
 ) -> QuotaExceeded | None:
     """The first quota `job` would go over, counted in the caller's transaction."""
-    wanted = job.request.samples
+    wanted = job.cost if job.cost is not None else job.request.samples
     if quotas.per_user:
         used = _images_since(conn, quotas.since, owner_id=job.owner_id)
         if used + wanted > quotas.per_user:

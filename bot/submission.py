@@ -22,8 +22,10 @@ from pydantic import ValidationError
 from bot import messages
 from bot.jobs import QueueRefused
 from bot.loads import ImageLoads
+from bot.prompt_filter import is_blocked
 from bot.replies import answer_privately, defer_thinking
-from bot.store import JobRecord
+from bot.store import GuildPolicy, JobRecord
+from bot.styles import StyleRefused, style_body
 from inference import Img2ImgRequest, InvalidImage, InvalidRequest
 from inference.images import decode_image, fetch_image
 
@@ -55,6 +57,9 @@ USER_OPTIONS = (
     "tomesd",
 )
 """The request fields a Discord user may set (docs/reference.md §8)."""
+LINE_OPTIONS = (*(o for o in USER_OPTIONS if o not in ("prompt", "negative_prompt")), "style")
+"""What a modal's options line may set: the request fields but the prompts, and a server style."""
+KID_SAFE_TYPES = ("black", "blur")
 
 _ALIASES = {
     "steps": "num_inference_steps",
@@ -87,9 +92,10 @@ def parse_options_line(text: str) -> dict[str, str]:
         name = _ALIASES.get(name.strip().lower(), name.strip().lower())
         if not sep or not name:
             raise InvalidRequest(messages.not_a_pair(token), field="options")
-        if name not in USER_OPTIONS or name in ("prompt", "negative_prompt"):
-            allowed = ", ".join(o for o in USER_OPTIONS if o not in ("prompt", "negative_prompt"))
-            raise InvalidRequest(messages.unknown_option(name, allowed), field="options")
+        if name not in LINE_OPTIONS:
+            raise InvalidRequest(
+                messages.unknown_option(name, ", ".join(LINE_OPTIONS)), field="options"
+            )
         options[name] = value
     return options
 
@@ -104,7 +110,8 @@ def _channel_is_age_restricted(interaction: discord.Interaction[Img2ImgBot]) -> 
 async def _apply_channel_policy(
     bot: Img2ImgBot, interaction: discord.Interaction[Img2ImgBot], body: dict[str, Any]
 ) -> tuple[dict[str, Any], str | None]:
-    """The NSFW rule: the safety checker stays on outside age-restricted channels."""
+    """The NSFW rule: the safety checker stays on outside age-restricted channels, and
+    everywhere on a kid-safe server (with `black` or `blur` censoring)."""
     body = dict(body)
     note = None
     policy = None
@@ -114,13 +121,37 @@ async def _apply_channel_policy(
             body["safety_checker_type"] = policy.default_safety_checker_type
     wants_off = str(body.get("safety_checker", "yes")).strip().lower() in ("no", "false", "0")
     allowed_off = _channel_is_age_restricted(interaction) and (
-        policy is None or policy.allow_safety_off_in_nsfw
+        policy is None or (policy.allow_safety_off_in_nsfw and not policy.kid_safe)
     )
+    if policy is not None and policy.kid_safe:
+        body["safety_checker_type"] = _kid_safe_type(body.get("safety_checker_type"))
     if wants_off and not allowed_off:
         note = messages.SAFETY_STAYS_ON
     if not allowed_off:
         body["safety_checker"] = "yes"
     return body, note
+
+
+def _kid_safe_type(chosen: Any) -> str:
+    """The requester's (or the server default's) type when it is black or blur; else blur."""
+    return str(chosen) if chosen in KID_SAFE_TYPES else "blur"
+
+
+async def _styled(
+    bot: Img2ImgBot, guild_id: int | None, body: dict[str, Any], applied: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """`body` with its style applied (`applied`: a style already applied, as on Reroll)."""
+    if applied is not None:
+        return {k: v for k, v in body.items() if k != "style"}, applied
+    if not str(body.get("style") or "").strip():
+        return style_body((), body)
+    if guild_id is None:
+        raise StyleRefused(messages.STYLES_IN_SERVERS_ONLY)
+    return style_body(await bot.store.styles(guild_id), body)
+
+
+async def _policy(bot: Img2ImgBot, guild_id: int | None) -> GuildPolicy:
+    return GuildPolicy() if guild_id is None else await bot.store.guild_policy(guild_id)
 
 
 async def _respond(interaction: discord.Interaction[Img2ImgBot], text: str) -> None:
@@ -171,15 +202,29 @@ async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:
 
 
 async def submit_job(
-    interaction: discord.Interaction[Img2ImgBot], body: dict[str, Any], source: ImageSource
+    interaction: discord.Interaction[Img2ImgBot],
+    body: dict[str, Any],
+    source: ImageSource,
+    *,
+    applied_style: str | None = None,
 ) -> str | None:
-    """Validate, acknowledge, take a place in the queue, load the image, queue. Every refusal
-    is an ephemeral message.
+    """Apply the style (`body["style"]`, a name; or `applied_style`, one the prompt already
+    has), check the server's prompt filter, validate, acknowledge, take a place in the queue,
+    load the image, queue. Every refusal is an ephemeral message.
 
     Returns the job id when the job was queued.
     """
     bot = interaction.client
     body, note = await _apply_channel_policy(bot, interaction, body)
+    try:
+        body, style = await _styled(bot, interaction.guild_id, body, applied_style)
+    except StyleRefused as exc:
+        await _respond(interaction, str(exc))
+        return None
+    policy = await _policy(bot, interaction.guild_id)
+    if is_blocked(str(body.get("prompt") or ""), policy.blocked_words):
+        await _respond(interaction, messages.PROMPT_BLOCKED)  # the list itself is never shown
+        return None
     if source.url is not None and source.attachment is None and source.data is None:
         # A user's link is checked here and kept as the job's provenance; an attachment's signed
         # CDN link would expire, so it is not kept. Backends always send the job's bytes.
@@ -201,7 +246,7 @@ async def submit_job(
         await _respond(interaction, messages.describe_refusal(refusal))
         return None
     try:
-        return await _load_and_queue(interaction, job_id, request, source, note, thinking_id)
+        return await _load_and_queue(interaction, job_id, request, source, note, thinking_id, style)
     finally:
         bot.queue.release(job_id)  # the place, unless the job took it
 
@@ -213,6 +258,7 @@ async def _load_and_queue(
     source: ImageSource,
     note: str | None,
     status_message_id: int | None,
+    style: str | None = None,
 ) -> str | None:
     bot = interaction.client
     try:
@@ -231,6 +277,7 @@ async def _load_and_queue(
         request=request,
         init_image=data,
         message_id=status_message_id,  # stored with the job: a restart can finalise the reply
+        style=style,
     )
     reporter = bot.reporter(
         job_id,

@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.submission import USER_OPTIONS, ImageSource, submit_job
+from cogs.styles import complete_style
 from cogs.views import Img2ImgModal
 from inference.request import MAX_SEED, SCHEDULERS
 
@@ -81,6 +82,7 @@ class Img2ImgCog(commands.Cog):
         ),
         safety_checker="NSFW filter; can only be turned off in age-restricted channels",
         safety_checker_type="How flagged images are hidden (default: sensitive-content label)",
+        style="One of this server's styles (/img2img-style list)",
     )
     @app_commands.choices(
         num_inference_steps=[app_commands.Choice(name=str(n), value=n) for n in (21, 31, 41)]
@@ -119,9 +121,12 @@ class Img2ImgCog(commands.Cog):
         enhance_prompt: YesNo | None = None,
         safety_checker: YesNo | None = None,
         safety_checker_type: str | None = None,
+        style: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         given = locals()
         body = {name: given[name] for name in USER_OPTIONS if given.get(name) is not None}
+        if style is not None:
+            body["style"] = style
         if (image is None) == (image_url is None):
             await interaction.response.send_message(messages.GIVE_ONE_IMAGE, ephemeral=True)
             return
@@ -132,6 +137,12 @@ class Img2ImgCog(commands.Cog):
         self, interaction: discord.Interaction[Img2ImgBot], current: str
     ) -> list[app_commands.Choice[str]]:
         return await _complete(interaction, current, "models")
+
+    @img2img.autocomplete("style")
+    async def _styles(
+        self, interaction: discord.Interaction[Img2ImgBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await complete_style(interaction, current)
 
     @img2img.autocomplete("vae")
     async def _vaes(
@@ -152,7 +163,8 @@ class Img2ImgCog(commands.Cog):
         if source is None:
             await interaction.response.send_message(messages.MESSAGE_HAS_NO_IMAGE, ephemeral=True)
             return
-        await interaction.response.send_modal(Img2ImgModal(source))
+        styles = await self.bot.store.styles(interaction.guild_id) if interaction.guild_id else ()
+        await interaction.response.send_modal(Img2ImgModal(source, styles=[s.name for s in styles]))
 
 
 async def setup(bot: Img2ImgBot) -> None:

@@ -12,9 +12,12 @@ import discord
 
 from bot import messages
 from bot.errors import report_unexpected
-from bot.store import JobRecord
+from bot.store import JobRecord, ServerStyle
+from bot.styles import unapply_style
 from bot.submission import ImageSource, parse_options_line, submit_job
+from cogs.result_buttons import ImageAction, ImageActionSelect, add_image_actions
 from inference import InvalidRequest
+from inference.upscale import Tiling
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
@@ -105,8 +108,20 @@ def _text_input(
     )
 
 
+def _style_select(styles: Sequence[str], chosen: str | None) -> discord.ui.Select[Img2ImgModal]:
+    """The server's styles (a modal holds 25 options); none chosen means no style."""
+    return discord.ui.Select(
+        placeholder="No style",
+        min_values=0,
+        max_values=1,
+        required=False,
+        options=[discord.SelectOption(label=n, value=n, default=n == chosen) for n in styles[:25]],
+    )
+
+
 class Img2ImgModal(discord.ui.Modal):
-    """Prompt first, then negative prompt, strength and an options line."""
+    """Prompt first, then negative prompt, strength and an options line; and a select of the
+    server's styles when it has any (`style=name` in the options line works too)."""
 
     def __init__(
         self,
@@ -117,9 +132,12 @@ class Img2ImgModal(discord.ui.Modal):
         negative_prompt: str = "",
         strength: str = "",
         options: str = "",
+        styles: Sequence[str] = (),
+        style: str | None = None,
     ) -> None:
         super().__init__(title=title, timeout=900)
         self.source = source
+        self.style: discord.ui.Select[Img2ImgModal] | None = None
         self.prompt = _text_input(
             "Prompt",
             prompt,
@@ -140,6 +158,9 @@ class Img2ImgModal(discord.ui.Modal):
         )
         for item in (self.prompt, self.negative, self.strength, self.options):
             self.add_item(item)
+        if styles:
+            self.style = _style_select(styles, style)
+            self.add_item(discord.ui.Label(text="Style", component=self.style))
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         # discord.py declares this (and buttons' callbacks) for any client: Any here, typed below.
@@ -149,6 +170,8 @@ class Img2ImgModal(discord.ui.Modal):
             await interaction.response.send_message(str(exc), ephemeral=True)
             return
         body["prompt"] = self.prompt.value
+        if "style" not in body and self.style is not None and self.style.values:
+            body["style"] = self.style.values[0]
         if self.negative.value.strip():
             body["negative_prompt"] = self.negative.value
         if self.strength.value.strip():
@@ -156,16 +179,32 @@ class Img2ImgModal(discord.ui.Modal):
         await submit_job(interaction, body, self.source)
 
 
-def _remix_modal(record: JobRecord, source: ImageSource, title: str) -> Img2ImgModal:
+def _remix_modal(
+    record: JobRecord, source: ImageSource, title: str, styles: Sequence[ServerStyle] = ()
+) -> Img2ImgModal:
+    """The job's fields, its style chosen and taken out of its prompts when the server still
+    has that style unchanged (otherwise the prompts keep it and no style is chosen)."""
     request = record.request
+    prompt, negative, style = request.prompt, request.negative_prompt, None
+    kept = next((s for s in styles if s.name == record.style), None)
+    own = unapply_style(kept, prompt, negative) if kept is not None else None
+    if own is not None:
+        (prompt, negative), style = own, record.style
     return Img2ImgModal(
         source,
         title=title,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or "",
+        prompt=prompt,
+        negative_prompt=negative or "",
         strength=f"{request.strength:g}",
         options=options_line(record),
+        styles=[s.name for s in styles],
+        style=style,
     )
+
+
+async def _server_styles(interaction: discord.Interaction[Img2ImgBot]) -> Sequence[ServerStyle]:
+    guild_id = interaction.guild_id
+    return await interaction.client.store.styles(guild_id) if guild_id is not None else ()
 
 
 def _same_options(record: JobRecord, **changes: Any) -> dict[str, Any]:
@@ -244,7 +283,8 @@ class RerollButton(JobButton, template=rf"i2i:reroll:{JOB}"):
             return
         if not await _needs_input(interaction, record):
             source = ImageSource(data=record.init_image)
-            await submit_job(interaction, _same_options(record, seed=None), source)
+            body = _same_options(record, seed=None)
+            await submit_job(interaction, body, source, applied_style=record.style)
 
 
 class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
@@ -255,7 +295,8 @@ class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
             return
         if not await _needs_input(interaction, record):
             # The modal keeps the job's id, not its image: read when it is submitted.
-            modal = _remix_modal(record, ImageSource(stored=record.id), "Remix")
+            source = ImageSource(stored=record.id)
+            modal = _remix_modal(record, source, "Remix", await _server_styles(interaction))
             await interaction.response.send_modal(modal)
 
 
@@ -271,8 +312,9 @@ class UseImageButton(JobButton, template=rf"i2i:use:{JOB}:(?P<n>[1-9])"):
             )
             return
         source = ImageSource(attachment=attachments[number - 1])
+        styles = await _server_styles(interaction)
         await interaction.response.send_modal(
-            _remix_modal(record, source, f"Img2Img from image {number}")
+            _remix_modal(record, source, f"Img2Img from image {number}", styles)
         )
 
 
@@ -294,20 +336,24 @@ class DeleteButton(JobButton, template=rf"i2i:delete:{JOB}"):
 
 
 class ButtonFactory:
-    """Implements `bot.present.ViewFactory`."""
+    """Implements `bot.present.ViewFactory`. `tiling`: how Upscale cuts images (its cost)."""
 
-    def result(self, job_id: str, images: int) -> discord.ui.View:
+    def __init__(self, tiling: Tiling | None = None) -> None:
+        self.tiling = tiling or Tiling()
+
+    def result(self, job_id: str, images: int, *, upscaled: bool = False) -> discord.ui.View:
+        """Reroll, Remix, Delete, then the per-image buttons (`cogs.result_buttons`). An upscaled
+        result has Delete only in the first row: Reroll and Remix would redo the upscale's input
+        as an ordinary job."""
         view = discord.ui.View(timeout=None)
-        for item in (RerollButton(job_id), RemixButton(job_id), DeleteButton(job_id)):
+        first: list[JobButton] = [DeleteButton(job_id)]
+        if not upscaled:
+            first = [RerollButton(job_id), RemixButton(job_id), *first]
+        for item in first:
             item.item.row = 0
             view.add_item(item)
-        if images > 1:
-            for number in range(1, images + 1):
-                use = UseImageButton(job_id, number)
-                use.item.row = 1
-                view.add_item(use)
-        elif images == 1:
-            view.add_item(UseImageButton(job_id, 1))
+        uses = [UseImageButton(job_id, number) for number in range(1, images + 1)]
+        add_image_actions(view, job_id, uses, upscaled=upscaled)
         return view
 
     def cancel(self, job_id: str) -> discord.ui.View:
@@ -316,4 +362,12 @@ class ButtonFactory:
         return view
 
     def item_types(self) -> Sequence[type[discord.ui.DynamicItem[Any]]]:
-        return (CancelButton, RerollButton, RemixButton, UseImageButton, DeleteButton)
+        return (
+            CancelButton,
+            RerollButton,
+            RemixButton,
+            UseImageButton,
+            DeleteButton,
+            ImageAction,
+            ImageActionSelect,
+        )

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from inference import images
 from inference.backends import create_backend
-from inference.cli_help import field_help
+from inference.cli_help import BACKEND_HELP, QUEUE_NOTE, field_help, ignored_backend_warning
 from inference.errors import InferenceError, InvalidImage, InvalidRequest
 from inference.port import CancelToken, Job, ProgressEvent
 from inference.preflight import backend_problems
@@ -37,6 +37,8 @@ from inference.remote.worker_cli import main as run_worker
 from inference.request import Img2ImgRequest
 from inference.result import Img2ImgResult
 from inference.safety import OpenNsfwDetector
+from inference.server.serve import add_parser as add_serve_parser
+from inference.server.serve import main as run_server
 from inference.settings import InferenceSettings, InvalidSettings
 
 __all__ = ["build_parser", "main"]
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="run one image-to-image job",
         description=_DESCRIPTION,
-        epilog=_EPILOG,
+        epilog=f"{_EPILOG}\n{QUEUE_NOTE}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fields = generate.add_argument_group("request fields (docs/reference.md §2)")
@@ -79,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument(
         "--request", type=Path, metavar="FILE.json", help="an API body; flags override its fields"
     )
-    options.add_argument(
-        "--backend", choices=("local", "modelslab"), help="default: IMG2IMG_BACKEND"
-    )
+    options.add_argument("--backend", choices=("local", "modelslab"), help=BACKEND_HELP)
     options.add_argument(
         "--out",
         type=Path,
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="log details and show tracebacks of errors"
     )
     add_worker_parser(commands)  # `python -m inference worker`: inference.remote.worker_cli
+    add_serve_parser(commands)  # `python -m inference serve`: inference.server.serve
     return parser
 
 
@@ -207,6 +208,8 @@ async def _generate(args: argparse.Namespace, stderr: TextIO) -> int:
         return _fail(stderr, EXIT_INVALID, _validation_message(exc))
     except InvalidRequest as exc:
         return _fail(stderr, EXIT_INVALID, str(exc))
+    if warning := ignored_backend_warning(args.backend, settings.remote.redis_url):
+        print(warning, file=stderr)
     try:
         backend = create_backend(settings, args.backend, detector=OpenNsfwDetector())
     except InferenceError as exc:
@@ -262,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.debug)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "serve":
+        return run_server(args)
     try:
         return asyncio.run(_generate(args, sys.stderr))
     except KeyboardInterrupt:

@@ -13,7 +13,12 @@ from pydantic.fields import FieldInfo
 
 from inference.request import MAX_LORAS, STEP_CHOICES
 
-__all__ = ["field_help"]
+__all__ = ["BACKEND_HELP", "QUEUE_NOTE", "field_help", "ignored_backend_warning"]
+
+QUEUE_NOTE = """\
+With IMG2IMG_QUEUE set to a Redis URL, the job goes to the workers (python -m inference worker)
+and nothing runs here: --backend is ignored, the backend each worker was started with runs it."""
+BACKEND_HELP = "default: IMG2IMG_BACKEND; ignored when IMG2IMG_QUEUE is a Redis URL"
 
 _NOTES = {
     "model_id": "a model name from the models file (local backend) or a ModelsLab model id",
@@ -78,3 +83,13 @@ _LIMITS = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below", "max
 
 def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def ignored_backend_warning(backend: str | None, redis_url: str | None) -> str | None:
+    """The one warning line when `--backend` is given but the job goes to the Redis workers."""
+    if backend is None or redis_url is None:
+        return None
+    return (
+        f"warning: --backend {backend} is ignored: IMG2IMG_QUEUE is a Redis URL, so the "
+        "workers' own backend runs the job"
+    )

@@ -8,6 +8,7 @@ once `ready()` says so, 503 before).
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from inference.remote.heartbeat import WorkerInfo
 
-__all__ = ["METRICS", "Metrics", "Outcome", "start_metrics_server"]
+__all__ = ["METRICS", "Metrics", "MetricsPortInUse", "Outcome", "start_metrics_server"]
 
 Outcome = Literal["delivered", "generated", "failed", "cancelled"]
 DAY = 86_400
@@ -130,6 +131,17 @@ def gpu_memory_allocated() -> int | None:
 METRICS = Metrics()
 
 
+class MetricsPortInUse(Exception):
+    """`IMG2IMG_METRICS_PORT` names a port that another program (or process) listens on."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(
+            f"IMG2IMG_METRICS_PORT {port} is already in use: choose a free port (each bot and "
+            "worker on one machine needs its own) or stop the program using it"
+        )
+        self.port = port
+
+
 async def start_metrics_server(
     port: int, ready: Callable[[], bool], metrics: Metrics = METRICS, host: str | None = None
 ) -> web.AppRunner:
@@ -148,5 +160,11 @@ async def start_metrics_server(
     app.router.add_get("/healthz", health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise MetricsPortInUse(port) from None
+        raise
     return runner

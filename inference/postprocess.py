@@ -34,7 +34,8 @@ def finish_images(
     An image is NSFW when the backend flagged it or, with `safety_checker` "yes", when the detector
     scores it at or above `threshold`. Flagged images are censored per `safety_checker_type` only
     when the safety checker is on; the flag itself is always reported. Each image is encoded with
-    its effective parameters in its metadata.
+    its effective parameters in its metadata; a censored image also keeps its uncensored
+    encoding in `GeneratedImage.original`.
     """
     if len(seeds) != len(images):
         raise ValueError("one seed per image is required")
@@ -47,13 +48,22 @@ def finish_images(
         flags = [a or b for a, b in zip(flags, detected, strict=True)]
     finished = []
     for image, seed, nsfw in zip(images, seeds, flags, strict=True):
-        shown = censor(image, request.safety_checker_type) if (nsfw and checking) else image
-        data, fmt = encode_image(
-            shown, parameters=format_parameters(meta, seed=seed), max_bytes=max_bytes
-        )
+        parameters = format_parameters(meta, seed=seed)
+        censored = nsfw and checking
+        shown = censor(image, request.safety_checker_type) if censored else image
+        data, fmt = encode_image(shown, parameters=parameters, max_bytes=max_bytes)
+        original = None
+        if censored:  # kept for Upscale and Vary, never posted
+            original, _ = encode_image(image, parameters=parameters, max_bytes=max_bytes)
         finished.append(
             GeneratedImage(
-                data=data, format=fmt, width=shown.width, height=shown.height, seed=seed, nsfw=nsfw
+                data=data,
+                format=fmt,
+                width=shown.width,
+                height=shown.height,
+                seed=seed,
+                nsfw=nsfw,
+                original=original,
             )
         )
     return finished

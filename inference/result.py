@@ -23,6 +23,10 @@ class GeneratedImage(BaseModel):
     height: int
     seed: int
     nsfw: bool = False
+    original: bytes | None = Field(default=None, repr=False, exclude=True)
+    """The uncensored encoding, set only when `data` was censored. Never posted or sent to
+    clients (left out of every dump but `Img2ImgResult.to_wire`); the bot keeps it so that
+    Upscale and Vary start from the real image, not the censored one."""
 
     # The JSON form carries the bytes as standard base64 text, written and read here on purpose:
     # pydantic's own `ser_json_bytes="base64"` writes the URL-safe alphabet.
@@ -30,10 +34,22 @@ class GeneratedImage(BaseModel):
     def _data_to_base64(self, data: bytes) -> str:
         return base64.b64encode(data).decode("ascii")
 
-    @field_validator("data", mode="before")
+    @field_validator("data", "original", mode="before")
     @classmethod
     def _data_from_base64(cls, value: Any) -> Any:
         return base64.b64decode(value, validate=True) if isinstance(value, str) else value
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form with the uncensored original (base64) when there is one."""
+        wire = self.model_dump(mode="json")
+        if self.original is not None:
+            wire["original"] = base64.b64encode(self.original).decode("ascii")
+        return wire
+
+    @property
+    def source(self) -> bytes:
+        """What to build on (Upscale, Vary): the uncensored original, else the image itself."""
+        return self.original if self.original is not None else self.data
 
     @property
     def filename_suffix(self) -> str:
@@ -81,7 +97,7 @@ class Img2ImgResult(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """Everything, images included (base64), for queues and stores that move results."""
         wire = self.model_dump(mode="json")
-        wire["images"] = [image.model_dump(mode="json") for image in self.images]
+        wire["images"] = [image.to_wire() for image in self.images]
         return wire
 
     @classmethod

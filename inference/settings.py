@@ -34,6 +34,7 @@ __all__ = [
     "ModelsLabSettings",
     "QueueSettings",
     "SecretList",
+    "ServerSettings",
     "SettingsBase",
     "env_names",
     "private_urls_allowed",
@@ -173,6 +174,8 @@ class LocalSettings(SettingsBase):
     batch_size: int = Field(4, ge=1, le=64)
     pipeline_cache: int = Field(2, ge=1, le=16)
     prompt_model: str | None = None
+    preview_interval: float = Field(2.0, ge=0, le=3600)
+    """Seconds between live previews of a running job (inference.local.preview); 0: none."""
 
 
 class ModelsLabSettings(SettingsBase):
@@ -238,6 +241,30 @@ class QueueSettings(SettingsBase):
         return None if text == "local" else text
 
 
+class ServerSettings(SettingsBase):
+    """`python -m inference serve`: the ModelsLab-compatible API's keys, links and limits."""
+
+    model_config = SettingsConfigDict(env_prefix="IMG2IMG_SERVER_")
+
+    keys: SecretList = Field(default_factory=list)
+    """API keys clients must send (secret); `serve` refuses to start without one."""
+    public_url: str | None = None  # None: http://HOST:PORT of the listening socket
+    output_ttl: float = Field(86_400.0, gt=0)
+    max_in_flight: int = Field(10, ge=1, le=10_000)  # jobs one key may have waiting or running
+    max_body_bytes: int = Field(40 * 1024 * 1024, ge=1024)
+    wait: float = Field(5.0, ge=0, le=300)  # seconds a generate call waits before `processing`
+
+    @field_validator("public_url", mode="after")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError("must be an http(s) base URL such as https://img.example.com")
+        return value.strip().rstrip("/")
+
+
 class InferenceSettings(SettingsBase):
     """Everything the backends, image ingest and safety need."""
 
@@ -253,6 +280,7 @@ class InferenceSettings(SettingsBase):
     modelslab: ModelsLabSettings = Field(default_factory=ModelsLabSettings)
     # `remote`, not `queue`: a section named `queue` would also read IMG2IMG_QUEUE as JSON
     remote: QueueSettings = Field(default_factory=QueueSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
 
 def private_urls_allowed() -> bool:

@@ -51,15 +51,16 @@ async def running_bot(
     models_file: Path,
     *,
     wait_resumed: bool = True,
+    build: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Img2ImgBot]:
     """The bot, logged in to `fake`, commands synced, and (`wait_resumed`) the jobs a restart
     found queued again or handed to be posted (`bot.resuming`); closed (and its backend) on
-    exit."""
+    exit. `build`: more arguments of `build_bot` (detector, tiling)."""
     settings = bot_settings(fake, database, **overrides)
     ingest = IngestSettings(allow_private_urls=True)
     inference_settings = InferenceSettings(ingest=ingest, models_file=models_file)
-    bot = build_bot(settings, inference_settings, backend)
+    bot = build_bot(settings, inference_settings, backend, **(build or {}))
     mark = fake.mark()
     async with running_client(bot, fake, token=BOT_TOKEN) as running:
         await fake.wait_commands_synced(after=mark)

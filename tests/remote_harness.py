@@ -106,6 +106,7 @@ def worker_env(url: str, models_file: Path, **extra: str) -> dict[str, str]:
     offline = {name: "1" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS")}
     queue = {"IMG2IMG_QUEUE": url, "IMG2IMG_WORKER_LEASE": "1.5", "IMG2IMG_QUEUE_BACKOFF": "0.3"}
     local = {"IMG2IMG_MODELS": str(models_file), "IMG2IMG_DEVICE": "cpu", "IMG2IMG_BATCH_SIZE": "2"}
+    local["IMG2IMG_PREVIEW_INTERVAL"] = "0"  # no preview attachments unless a test asks for them
     return env | offline | queue | local | {"PYTHONPATH": str(ROOT)} | extra
 
 

@@ -132,7 +132,10 @@ async def test_slash_command_posts_one_message_with_images_and_buttons(
     assert ack.type == 5 and ack.elapsed < 3 and not ack.ephemeral
     done = await inter.wait_original(has_images(2), timeout=WAIT)
     assert image_sizes(done) == [(64, 64), (64, 64)]
-    assert button_labels(done) == ["Reroll", "Remix", "Delete", "Use 1", "Use 2"]
+    assert button_labels(done) == [
+        *("Reroll", "Remix", "Delete", "Use 1", "Use 2", "Upscale 1", "Upscale 2"),
+        *("Vary (subtle) 1", "Vary (subtle) 2", "Vary (strong) 1", "Vary (strong) 2"),
+    ]
     fields = {f["name"]: f["value"] for f in done.embeds[0]["fields"]}
     assert fields["Seeds"] == "5, 6" and fields["Size"] == "64×64"
     progress = [r.content for r in done.revisions if "`[" in r.content]

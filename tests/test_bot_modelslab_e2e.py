@@ -74,7 +74,10 @@ async def test_a_job_goes_through_the_api_and_comes_back_as_one_message(
     assert ack.type == 5 and ack.elapsed < 3
     done = await inter.wait_original(has_images(2), timeout=WAIT)
     assert image_sizes(done) == [(64, 64), (64, 64)]
-    assert button_labels(done) == ["Reroll", "Remix", "Delete", "Use 1", "Use 2"]
+    assert button_labels(done) == [
+        *("Reroll", "Remix", "Delete", "Use 1", "Use 2", "Upscale 1", "Upscale 2"),
+        *("Vary (subtle) 1", "Vary (subtle) 2", "Vary (strong) 1", "Vary (strong) 2"),
+    ]
     assert len(api.submits) == 1 and len(api.fetches) >= 2
     body = api.submits[0].body
     assert body is not None and body["samples"] in (2, "2") and body["prompt"] == "a red fox"

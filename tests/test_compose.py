@@ -1,5 +1,6 @@
-"""compose.yaml, checked statically (no Docker engine runs here): the properties an operator relies
-on when running `docker compose up --scale worker=N`."""
+"""compose.yaml and its per-GPU override compose.gpus.yaml, checked statically (no Docker engine
+runs here, so neither `docker compose config` nor a GPU checks them): the properties an operator
+relies on when running `docker compose up --scale worker=N`, or one worker per GPU."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from inference.settings import QueueSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+GPUS: dict[str, Any] = yaml.safe_load((ROOT / "compose.gpus.yaml").read_text(encoding="utf-8"))
 SERVICES: dict[str, Any] = COMPOSE["services"]
 ROLES = ("bot", "worker")
 
@@ -38,7 +40,8 @@ def test_every_role_runs_the_dockerfiles_image() -> None:
         assert SERVICES[role]["build"] == "."
 
 
-def test_the_worker_scales_without_clashes_and_reserves_one_gpu_each() -> None:
+def test_the_worker_scales_without_clashes_and_reserves_a_gpu() -> None:
+    """Its replicas share that GPU (Compose sends them all the same device request)."""
     worker = SERVICES["worker"]
     assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
@@ -86,3 +89,24 @@ def test_a_stop_waits_longer_than_the_shutdown_grace() -> None:
         raw = service["environment"]["IMG2IMG_SHUTDOWN_GRACE"]
         grace = QueueSettings.model_validate({"IMG2IMG_SHUTDOWN_GRACE": raw}).shutdown_grace
         assert seconds(service["stop_grace_period"]) > grace
+
+
+def test_the_gpus_override_pins_one_worker_to_each_gpu() -> None:
+    services: dict[str, Any] = GPUS["services"]
+    assert services.pop("worker") == {"profiles": ["scaled"]}  # the shared-GPU worker is off
+    assert sorted(services) == ["worker-gpu0", "worker-gpu1"]
+    for index, (name, service) in enumerate(sorted(services.items())):
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [
+            {"driver": "nvidia", "device_ids": [str(index)], "capabilities": ["gpu"]}
+        ]
+        assert "count" not in devices[0]  # Compose refuses `count` beside `device_ids`
+        assert "replicas" not in service["deploy"], name
+        # The same worker as compose.yaml's in everything but the GPU it reserves.
+        same = {key: value for key, value in service.items() if key != "deploy"}
+        assert same == {key: value for key, value in SERVICES["worker"].items() if key != "deploy"}
+
+
+def test_the_readme_tells_how_to_pin_workers_to_gpus() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "-f compose.yaml -f compose.gpus.yaml" in readme

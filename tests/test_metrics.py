@@ -27,7 +27,7 @@ from tiny_models import TinyModels, gradient_image, png_bytes
 from bot import messages
 from bot.__main__ import build_bot, metrics_served
 from inference import CancelToken, InferenceSettings
-from inference.metrics import METRICS, Metrics, start_metrics_server
+from inference.metrics import Metrics, start_metrics_server
 from inference.remote.heartbeat import WorkerInfo
 from inference.remote.submitter import RemoteBackend
 
@@ -136,7 +136,7 @@ async def status_shows_the_numbers_to_admins_only(fake: FakeDiscord) -> None:
     text = shown.data["content"]
     assert shown.ephemeral and "0 waiting, 0 running" in text
     assert "in-process backend: local, capacity 1" in text
-    assert f"{METRICS.today('delivered')} delivered" in text and METRICS.today("delivered") >= 1
+    assert "1 delivered, 0 failed" in text  # from the job store: this bot's database
 
 
 async def test_a_worker_serves_health_and_its_metrics(

@@ -24,6 +24,7 @@ from inference.images import DEFAULT_MAX_PIXELS, decode_image, fit_to_size
 from inference.local.batcher import (
     Batcher,
     Outcome,
+    PreviewHook,
     ProgressHook,
     Stage,
     WorkItem,
@@ -71,8 +72,11 @@ class LocalBackend:
         allow_private_urls: bool = False,
         gather_seconds: float = 0.05,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        preview_interval: float = 0.0,
     ) -> None:
         """`dtype`: "float16", "bfloat16" or "float32" (default: fp16 on CUDA, fp32 on CPU).
+        `preview_interval`: seconds between a running job's live previews (0, the default here:
+        none; `from_settings` takes `IMG2IMG_PREVIEW_INTERVAL`, 2 s by default).
         `oom_hook` is called with each pipeline call's image count and may raise
         `torch.cuda.OutOfMemoryError` (to test the split-and-retry path without a GPU)."""
         if batch_size < 1:
@@ -99,6 +103,7 @@ class LocalBackend:
             "cache_size": cache_size,
             "enhancer": enhancer,
             "oom_hook": oom_hook,
+            "preview_interval": preview_interval,
         }
         self._webhooks = webhooks or WebhookSender(allow_private_urls=allow_private_urls)
         self._batcher = Batcher(batch_size)
@@ -122,6 +127,7 @@ class LocalBackend:
             prompt_model=settings.local.prompt_model,
             allow_private_urls=settings.ingest.allow_private_urls,
             max_image_pixels=settings.ingest.max_image_pixels,
+            preview_interval=settings.local.preview_interval,
         )
 
     @property
@@ -158,6 +164,7 @@ class LocalBackend:
         karras = karras_applies(request.scheduler, request.use_karras_sigmas == "yes")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
+        on_progress, on_preview = _progress_hooks(loop, job.id, progress)
         item = WorkItem(
             job_id=job.id,
             request=request,
@@ -166,8 +173,9 @@ class LocalBackend:
             image=image,
             seeds=seeds,
             token=cancel,
-            on_progress=_progress_hook(loop, job.id, progress),
+            on_progress=on_progress,
             on_done=_done_hook(loop, future),
+            on_preview=on_preview,
         )
         report_progress(progress, ProgressEvent(job_id=job.id, stage="queued"))
         outcome = await self._run(item, future, cancel)
@@ -260,12 +268,13 @@ def _prepare_image(data: bytes, request: Img2ImgRequest, max_pixels: int) -> Ima
     return fit_to_size(image, width, height)
 
 
-def _progress_hook(
+def _progress_hooks(
     loop: asyncio.AbstractEventLoop, job_id: str, progress: ProgressCallback
-) -> ProgressHook:
+) -> tuple[ProgressHook, PreviewHook]:
+    """The work item's progress and preview hooks: both report a `ProgressEvent`."""
     started: list[tuple[float, int]] = []  # (time, step) of the first step seen
 
-    def hook(stage: Stage, step: int, total: int) -> None:
+    def hook(stage: Stage, step: int, total: int, preview: bytes | None = None) -> None:
         eta = None
         if stage == "running":
             now = time.monotonic()
@@ -275,12 +284,20 @@ def _progress_hook(
                 then, first = started[0]
                 eta = round((now - then) / (step - first) * (total - step), 1)
         event = ProgressEvent(
-            job_id=job_id, stage=stage, step=step, total_steps=total, eta_seconds=eta
+            job_id=job_id,
+            stage=stage,
+            step=step,
+            total_steps=total,
+            eta_seconds=eta,
+            preview=preview,
         )
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
             loop.call_soon_threadsafe(report_progress, progress, event)
 
-    return hook
+    def preview_hook(step: int, total: int, preview: bytes) -> None:
+        hook("running", step, total, preview)
+
+    return hook, preview_hook
 
 
 def _done_hook(

@@ -27,6 +27,7 @@ __all__ = [
     "BatchKey",
     "Batcher",
     "Outcome",
+    "PreviewHook",
     "WorkItem",
     "batch_key",
     "karras_applies",
@@ -85,6 +86,7 @@ class Outcome:
 Stage = Literal["loading", "running"]
 ProgressHook = Callable[[Stage, int, int], None]  # stage, step, total; on the worker thread
 DoneHook = Callable[[Outcome | BaseException], None]  # called once, on the worker thread
+PreviewHook = Callable[[int, int, bytes], None]  # step, total, image: that step's progress
 
 
 @dataclass(eq=False)
@@ -102,6 +104,7 @@ class WorkItem:
     on_done: DoneHook
     abandoned: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None  # time.perf_counter() when the engine took it up
+    on_preview: PreviewHook | None = None  # None: the job gets no live previews
 
     @property
     def samples(self) -> int:

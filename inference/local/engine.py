@@ -34,6 +34,11 @@ from inference.local.loading import (
     load_vae,
     resolve_device,
 )
+from inference.local.preview import (
+    PreviewClock,
+    preview_jpeg,
+    project_latents,
+)
 from inference.local.prompts import PromptEmbeds, encode_prompts, pipeline_kwargs
 from inference.local.schedulers import make_scheduler
 
@@ -68,12 +73,14 @@ class Engine:
         cache_size: int = 2,
         enhancer: PromptEnhancer | None = None,
         oom_hook: OomHook | None = None,
+        preview_interval: float = 0.0,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.batch_size = batch_size
         self.enhancer = enhancer or TemplateEnhancer()
         self.oom_hook = oom_hook
+        self.preview_interval = preview_interval
         self.cache = PipelineCache(
             lambda entry: load_model(entry, device=self.device, dtype=self.dtype), cache_size
         )
@@ -187,13 +194,22 @@ class Engine:
         pipe = model.pipe
         pipe.scheduler = make_scheduler(key.scheduler, model.base_scheduler, key.karras)
         items = list({id(row.item): row.item for row in rows}.values())
+        clock = PreviewClock(self.preview_interval)
 
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if all(item.cancelled for item in items):
                 raise _Interrupted
             total = int(pipe.num_timesteps)
+            previews: dict[int, bytes] = {}
+            if clock.due(step + 1, total):
+                previews = _previews(model, tensors.get("latents"), rows)
             for item in items:
-                if not item.cancelled:
+                if item.cancelled:
+                    continue
+                preview = previews.get(id(item))
+                if preview is not None and item.on_preview is not None:
+                    item.on_preview(step + 1, total, preview)
+                else:
                     item.on_progress("running", step + 1, total)
             return tensors
 
@@ -216,6 +232,24 @@ def _finish_if_cancelled(item: WorkItem) -> bool:
         item.on_done(Cancelled("The job was cancelled."))
         return True
     return False
+
+
+def _previews(model: LoadedModel, latents: Any, rows: list[_Row]) -> dict[int, bytes]:
+    """A preview per live job that wants one (keyed by `id(item)`), from its own rows' latents
+    (rows and latents are in the same order). A failure costs only the previews."""
+    wanted = [i for i, row in enumerate(rows) if row.item.on_preview and not row.item.cancelled]
+    if not isinstance(latents, torch.Tensor) or not wanted:
+        return {}
+    try:
+        pixels = project_latents(latents[wanted], model.arch)
+        positions: dict[int, list[int]] = {}
+        for position, index in enumerate(wanted):
+            positions.setdefault(id(rows[index].item), []).append(position)
+        blur = {id(row.item): row.item.request.safety_checker == "yes" for row in rows}
+        return {key: preview_jpeg(pixels[at], blur=blur[key]) for key, at in positions.items()}
+    except Exception:
+        log.warning("making a live preview failed", exc_info=True)
+        return {}
 
 
 def _by_prompt_length(rows: list[_Row]) -> list[list[_Row]]:

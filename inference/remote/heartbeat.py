@@ -26,6 +26,9 @@ class WorkerInfo(BaseModel):
     capacity: int
     models: list[str] = []
     """The models it has loaded (the ones it ran last, up to its cache size)."""
+    lanes: list[str] = []
+    """The jobs streams of the models it has loaded, most recent first (model affinity: other
+    workers leave these to it for a while)."""
     running: int = 0
     served: int = 0
     """Jobs it has finished (stored an outcome for) since it started."""
@@ -36,6 +39,7 @@ async def write_heartbeat(redis: Redis, info: WorkerInfo, lease: float) -> None:
     key = worker_key(info.name)
     fields = info.model_dump(mode="json")
     fields["models"] = json.dumps(info.models)
+    fields["lanes"] = json.dumps(info.lanes)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
         pipe.pexpire(key, max(1, int(lease * 1000)))
@@ -61,5 +65,6 @@ async def live_workers(redis: Redis) -> list[WorkerInfo]:
             continue
         fields = {k.decode(): v.decode() for k, v in reply.items()}
         fields["models"] = json.loads(fields.get("models", "[]"))
+        fields["lanes"] = json.loads(fields.get("lanes", "[]"))
         workers.append(WorkerInfo.model_validate(fields))
     return sorted(workers, key=lambda worker: worker.name)

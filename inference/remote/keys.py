@@ -1,9 +1,15 @@
 """The Redis key layout of the remote queue, its fixed bounds, and the client factory.
 
-- `img2img:jobs` (stream, consumer group `workers`): one entry per submitted job (the job id, the
-  request JSON without `key` or `webhook`, the init image as raw bytes).
-- `img2img:job:<id>` (hash): the job's stream entry (dedupe by job id), `cancelled`, `handbacks`
-  (deliveries a draining worker gave back: not crashes), the backend's `external_id`.
+- `img2img:jobs` and its lanes `img2img:jobs:0` … `img2img:jobs:15` (streams, consumer group
+  `workers` on each): one entry per submitted job (the job id, the request JSON without `key` or
+  `webhook`, the init image as raw bytes). A job naming a `model_id` goes to that model's lane (a
+  hash of the name), one without to `img2img:jobs`: a lane's jobs can share a loaded model, so a
+  worker reads the lanes of the models it has loaded first (model affinity, `intake`). A fixed
+  number of lanes keeps a worker's reads bounded whatever model names submitters send.
+- `img2img:notices` (capped stream): the lane of each new job, so idle workers wake at once.
+- `img2img:job:<id>` (hash): the job's stream and entry (dedupe by job id), `cancelled`,
+  `handbacks` (deliveries a draining worker gave back: not crashes), the backend's
+  `external_id`.
 - `img2img:events:<id>` (stream): progress events, then one `done` entry when the result is stored.
 - `img2img:result:<id>` (hash): the result (images as raw bytes) or the error.
 - `img2img:cancels` (stream, read by every worker): ids of cancelled jobs.
@@ -11,6 +17,8 @@
 """
 
 from __future__ import annotations
+
+import zlib
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -20,13 +28,17 @@ __all__ = [
     "CANCELS",
     "GROUP",
     "JOBS",
+    "LANES",
     "MAX_CRASHES",
+    "NOTICES",
     "RESULT_TTL",
+    "STREAMS",
     "TAKEN_TTL",
     "WORKER_PATTERN",
     "connect",
     "events_key",
     "job_key",
+    "job_stream",
     "result_key",
     "worker_key",
 ]
@@ -35,6 +47,10 @@ PREFIX = "img2img"
 JOBS = f"{PREFIX}:jobs"
 GROUP = "workers"
 CANCELS = f"{PREFIX}:cancels"
+NOTICES = f"{PREFIX}:notices"
+LANES = 16
+STREAMS = (JOBS, *(f"{JOBS}:{lane}" for lane in range(LANES)))
+"""Every jobs stream: the one for jobs without a model, then the lanes."""
 WORKER_PATTERN = f"{PREFIX}:worker:*"
 
 RESULT_TTL = 2 * 86400
@@ -46,6 +62,14 @@ MAX_CRASHES = 3
 """A job whose worker died this many times (delivered again each time) is failed, not retried."""
 EVENTS_MAXLEN = 200
 CANCELS_MAXLEN = 10_000
+NOTICES_MAXLEN = 1_000
+
+
+def job_stream(model_id: str | None) -> str:
+    """The stream of a job for `model_id` (None: the default model's)."""
+    if not model_id:
+        return JOBS
+    return STREAMS[1 + zlib.crc32(model_id.encode()) % LANES]
 
 
 def job_key(job_id: str) -> str:

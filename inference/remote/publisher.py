@@ -1,7 +1,8 @@
 """A worker's progress events on their way to the jobs' event streams.
 
 The backend's progress callback must return at once, so events are queued here and written by one
-task. Only the latest event of each job is kept until it is written: a slow or unreachable Redis
+task. Only the latest event of each job is kept until it is written (with the latest live
+preview, which a later event without one does not drop): a slow or unreachable Redis
 costs skipped steps, never memory or a stalled GPU. An event carrying the backend's `external_id`
 also records it on the job, so a worker that takes the job over resumes that work.
 """
@@ -32,6 +33,9 @@ class ProgressPublisher:
 
     def put(self, event: ProgressEvent) -> None:
         """The backend's progress callback (on the event loop; returns at once)."""
+        pending = self._pending.get(event.job_id)
+        if pending is not None and pending.preview and not event.preview:
+            event = event.model_copy(update={"preview": pending.preview})  # a preview is rare
         self._pending[event.job_id] = event
         self._wake.set()
 

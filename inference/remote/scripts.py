@@ -15,7 +15,8 @@ from inference.remote.keys import (
     CANCELS,
     CANCELS_MAXLEN,
     GROUP,
-    JOBS,
+    NOTICES,
+    NOTICES_MAXLEN,
     RESULT_TTL,
     events_key,
     job_key,
@@ -27,11 +28,12 @@ __all__ = ["Scripts"]
 _SUBMIT = """
 local entry = redis.call('HGET', KEYS[2], 'entry')
 if entry then return {0, entry} end
-entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-redis.call('HSET', KEYS[2], 'entry', entry)
+entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('HSET', KEYS[2], 'entry', entry, 'stream', KEYS[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('XADD', KEYS[3], '*', 'kind', 'queued')
 redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'stream', KEYS[1])
 return {1, entry}
 """
 
@@ -111,33 +113,37 @@ class Scripts:
         self._hand_back = redis.register_script(_HAND_BACK)
         self._cancel = redis.register_script(_CANCEL)
 
-    async def submit(self, job_id: str, fields: _FieldValues) -> tuple[bool, str]:
-        """Put the job on the stream unless its id is known: (whether it was new, its entry)."""
-        keys = [JOBS, job_key(job_id), events_key(job_id)]
-        new, entry = await self._submit(keys=keys, args=[RESULT_TTL, *_flat(fields)])
+    async def submit(self, job_id: str, stream: str, fields: _FieldValues) -> tuple[bool, str]:
+        """Put the job on `stream` unless its id is known: (whether it was new, its entry)."""
+        keys = [stream, job_key(job_id), events_key(job_id), NOTICES]
+        args = [RESULT_TTL, NOTICES_MAXLEN, *_flat(fields)]
+        new, entry = await self._submit(keys=keys, args=args)
         return bool(new), entry.decode()
 
-    async def store(self, job_id: str, entry: str, fields: _FieldValues) -> bool:
+    async def store(self, job_id: str, stream: str, entry: str, fields: _FieldValues) -> bool:
         """Store the outcome unless one is stored already, then acknowledge the entry; True if
         this call stored it."""
-        keys = [JOBS, result_key(job_id), events_key(job_id), job_key(job_id)]
+        keys = [stream, result_key(job_id), events_key(job_id), job_key(job_id)]
         args = [GROUP, entry, RESULT_TTL, *_flat(fields)]
         return bool(await self._store(keys=keys, args=args))
 
-    async def refresh(self, consumer: str, entries: Sequence[str]) -> set[str]:
-        """Reset the idle time of `consumer`'s entries; the ones it still owns."""
-        kept = await self._refresh(keys=[JOBS], args=[GROUP, consumer, *entries])
+    async def refresh(self, consumer: str, stream: str, entries: Sequence[str]) -> set[str]:
+        """Reset the idle time of `consumer`'s entries of `stream`; the ones it still owns."""
+        kept = await self._refresh(keys=[stream], args=[GROUP, consumer, *entries])
         return {entry.decode() for entry in kept}
 
-    async def hand_back(self, consumer: str, jobs: Mapping[str, str], idle_ms: int) -> None:
-        """Make `consumer`'s entries (entry -> job id) claimable by other workers at once."""
-        keys = [JOBS, *(job_key(job_id) for job_id in jobs.values())]
+    async def hand_back(
+        self, consumer: str, stream: str, jobs: Mapping[str, str], idle_ms: int
+    ) -> None:
+        """Make `consumer`'s entries of `stream` (entry -> job id) claimable by other workers at
+        once."""
+        keys = [stream, *(job_key(job_id) for job_id in jobs.values())]
         await self._hand_back(keys=keys, args=[GROUP, consumer, idle_ms, *jobs])
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, stream: str) -> bool:
         """Flag the job cancelled, tell the workers and put a `cancel` marker on the job's events
         (`running`: whether a worker has it now and stops it at its next step); True if running.
         """
-        keys = [job_key(job_id), CANCELS, JOBS, events_key(job_id)]
+        keys = [job_key(job_id), CANCELS, stream, events_key(job_id)]
         running: int = await self._cancel(keys=keys, args=[job_id, CANCELS_MAXLEN, GROUP])
         return running == 2

@@ -19,7 +19,14 @@ from functools import partial
 from inference.errors import BackendError, BackendUnavailable, Cancelled, InferenceError
 from inference.port import CancelToken, Job, ProgressCallback, ProgressEvent
 from inference.remote.heartbeat import WorkerInfo, live_workers
-from inference.remote.keys import TAKEN_TTL, connect, events_key, job_key, result_key
+from inference.remote.keys import (
+    TAKEN_TTL,
+    connect,
+    events_key,
+    job_key,
+    job_stream,
+    result_key,
+)
 from inference.remote.retry import persist
 from inference.remote.scripts import Scripts
 from inference.remote.wire import (
@@ -140,7 +147,7 @@ class RemoteBackend:
         )
         # A cancel wakes `_follow` through Redis (a marker on the job's events stream): a
         # command cancelled mid-flight is not reliably cancelled (asyncio.wait_for before 3.12).
-        stopper = asyncio.create_task(self._cancel_when(cancel, job.id))
+        stopper = asyncio.create_task(self._cancel_when(cancel, job))
         try:
             outcome = await self._follow(job, progress, cancel)
         finally:
@@ -153,17 +160,22 @@ class RemoteBackend:
         return outcome
 
     async def _submit(self, job: Job) -> str:
-        fields = job_fields(job)
+        fields, stream = job_fields(job), job_stream(job.request.model_id)
         new, entry = await persist(
-            lambda: self._scripts.submit(job.id, fields), cap=self._backoff, what="submitting"
+            lambda: self._scripts.submit(job.id, stream, fields),
+            cap=self._backoff,
+            what="submitting",
         )
         if not new:
             log.info("job %s is known to Redis (entry %s): following it", job.id, entry)
         return entry
 
-    async def _cancel_when(self, cancel: CancelToken, job_id: str) -> None:
+    async def _cancel_when(self, cancel: CancelToken, job: Job) -> None:
         await cancel.wait()
-        await persist(partial(self._scripts.cancel, job_id), cap=self._backoff, what="cancelling")
+        stream = job_stream(job.request.model_id)
+        await persist(
+            partial(self._scripts.cancel, job.id, stream), cap=self._backoff, what="cancelling"
+        )
 
     async def _follow(
         self, job: Job, progress: ProgressCallback, cancel: CancelToken

@@ -79,7 +79,8 @@ def read_event(fields: Fields) -> ProgressEvent | None:
 
 
 def result_fields(result: Img2ImgResult) -> dict[str, str | bytes]:
-    """A result: its JSON (images excluded), each image's description, each image's bytes."""
+    """A result: its JSON (images excluded), each image's description, each image's bytes (and
+    its uncensored original, when it was censored)."""
     fields: dict[str, str | bytes] = {
         "kind": "result",
         "result": result.model_dump_json(),
@@ -87,6 +88,8 @@ def result_fields(result: Img2ImgResult) -> dict[str, str | bytes]:
     }
     for index, image in enumerate(result.images):
         fields[f"image:{index}"] = image.data
+        if image.original is not None:  # the uncensored image, for Upscale and Vary
+            fields[f"original:{index}"] = image.original
     return fields
 
 
@@ -102,7 +105,11 @@ def read_outcome(fields: Fields) -> Img2ImgResult | InferenceError:
     if fields.get(b"kind") == b"result":
         described: list[dict[str, Any]] = json.loads(fields[b"images"])
         images = [
-            GeneratedImage(**image, data=fields[f"image:{index}".encode()])
+            GeneratedImage(
+                **image,
+                data=fields[f"image:{index}".encode()],
+                original=fields.get(f"original:{index}".encode()),
+            )
             for index, image in enumerate(described)
         ]
         result = Img2ImgResult.model_validate_json(fields[b"result"])

@@ -1,8 +1,9 @@
 """`QueueWorker`: serves jobs from Redis with a real backend (`python -m inference worker`).
 
 It reads up to its backend's capacity of jobs at once (XREADGROUP), first taking over entries that
-a dead worker left idle for 3/4 of the lease (XAUTOCLAIM), and hands them to the backend together,
-which batches the compatible ones. While a job runs the worker keeps its lease alive (XCLAIM
+a dead worker left idle for 3/4 of the lease (XAUTOCLAIM), then preferring the lanes of the models
+it has loaded (model affinity, `intake`), and hands them to the backend together, which batches
+the compatible ones. While a job runs the worker keeps its lease alive (XCLAIM
 JUSTID every quarter lease): a live worker's slow job is never taken, a SIGKILLed worker's jobs are
 taken over within one lease. A job whose worker died `MAX_CRASHES` times is failed, not run again.
 The outcome is stored and the entry acknowledged in one step. On stop it drains: running jobs get
@@ -12,6 +13,7 @@ the shutdown grace to finish, the rest are handed back for other workers to take
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +45,7 @@ T = TypeVar("T")
 class _Running:
     """A job this worker runs: its stream entry, its cancel token, its task."""
 
+    stream: str
     entry: str
     job_id: str
     released: bool = False
@@ -66,6 +69,7 @@ class QueueWorker:
         backoff: float,
         grace: float,
         models_kept: int = 2,
+        affinity_wait: float = 2.0,
     ) -> None:
         self.name = name
         self._redis = redis
@@ -73,10 +77,14 @@ class QueueWorker:
         self._scripts = Scripts(redis)
         self._publisher = ProgressPublisher(redis, backoff=backoff)
         self._lease, self._backoff, self._grace = lease, backoff, grace
-        self._intake = Intake(redis, name, lease=lease, backoff=backoff)
-        self._running: dict[str, _Running] = {}
+        self._intake = Intake(
+            redis, name, lease=lease, backoff=backoff, affinity_wait=affinity_wait
+        )
+        self._running: dict[tuple[str, str], _Running] = {}
         self._freed = asyncio.Event()
         self._models: list[str] = []
+        self._lanes: list[str] = []
+        self._announce = asyncio.Event()  # the heartbeat's news: write it now
         self._models_kept = models_kept
         self._served = 0
         self._started = time.time()
@@ -104,8 +112,9 @@ class QueueWorker:
                     await unless_stopped(stop, asyncio.ensure_future(self._freed.wait()))
                     self._freed.clear()
                     continue
-                for entry, fields, crashes in await self._intake.read(free, self._running, stop):
-                    self._start(entry, fields, crashes)
+                entries = await self._intake.read(free, self._running, stop, self._lanes)
+                for stream, entry, fields, crashes in entries:
+                    self._start(stream, entry, fields, crashes)
             self._draining = True
             self.ready = False
             heartbeat.cancel()
@@ -120,9 +129,12 @@ class QueueWorker:
 
     # -- running jobs ----------------------------------------------------------------------------
 
-    def _start(self, entry: str, fields: Fields, crashes: int) -> None:
-        run = _Running(entry, fields.get(b"id", b"").decode())
-        self._running[entry] = run
+    def _start(self, stream: str, entry: str, fields: Fields, crashes: int) -> None:
+        run = _Running(stream, entry, fields.get(b"id", b"").decode())
+        self._running[stream, entry] = run
+        if self._lanes[:1] != [stream]:  # its model is (about to be) loaded
+            self._lanes = [stream, *(s for s in self._lanes if s != stream)][: self._models_kept]
+        self._announce.set()  # the others' intakes read its lanes and room
         run.task = asyncio.create_task(self._serve(run, fields, crashes), name=f"job {run.job_id}")
 
     async def _serve(self, run: _Running, fields: Fields, crashes: int) -> None:
@@ -134,7 +146,8 @@ class QueueWorker:
             stored = outcome_fields(outcome) | {"read_at": repr(run.read_at)}
             stored["stored_at"] = repr(time.time())
             await self._retry(
-                lambda: self._scripts.store(run.job_id, run.entry, stored), "storing a result"
+                lambda: self._scripts.store(run.job_id, run.stream, run.entry, stored),
+                "storing a result",
             )
             self._served += 1
             if isinstance(outcome, InferenceError):
@@ -144,8 +157,9 @@ class QueueWorker:
                 METRICS.images.inc(len(outcome.images))
                 self._remember(outcome.meta.get("model_id"))
         finally:
-            self._running.pop(run.entry, None)
+            self._running.pop((run.stream, run.entry), None)
             self._freed.set()
+            self._announce.set()
 
     async def _outcome(self, run: _Running, fields: Fields, crashes: int) -> Outcome:
         if crashes >= MAX_CRASHES:
@@ -176,6 +190,7 @@ class QueueWorker:
                 backend=self._backend.name,
                 capacity=self._backend.capacity,
                 models=self._models,
+                lanes=self._lanes,
                 running=len(self._running),
                 served=self._served,
                 started=self._started,
@@ -183,21 +198,22 @@ class QueueWorker:
             await self._retry(
                 partial(write_heartbeat, self._redis, info, self._lease), "sending a heartbeat"
             )
-            await asyncio.sleep(self._lease / 4)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announce.wait(), self._lease / 4)
+            self._announce.clear()
 
     async def _keep_leases(self) -> None:
         """Refresh running entries every quarter lease; stop the ones another worker took."""
         while not self._closing:
             await asyncio.sleep(self._lease / 4)
             runs = [run for run in self._running.values() if not run.released]
-            if not runs:
-                continue
-            entries = [run.entry for run in runs]
-            kept = await self._retry(
-                partial(self._scripts.refresh, self.name, entries), "keeping leases"
-            )
+            kept: set[tuple[str, str]] = set()
+            for stream, entries in _by_stream(runs).items():
+                refresh = partial(self._scripts.refresh, self.name, stream, list(entries))
+                kept |= {(stream, e) for e in await self._retry(refresh, "keeping leases")}
             for run in runs:
-                if run.entry not in kept and run.entry in self._running:
+                key = (run.stream, run.entry)
+                if key not in kept and key in self._running:
                     log.warning("job %s was taken over by another worker: stopping it", run.job_id)
                     run.released = True
                     run.token.cancel()
@@ -236,13 +252,17 @@ class QueueWorker:
         for run in left:
             run.released = True
             run.token.cancel()
-        jobs = {run.entry: run.job_id for run in left}
         idle_ms = int(self._lease * 10_000)  # claimable by any other worker at once
-        handed = self._retry(
-            lambda: self._scripts.hand_back(self.name, jobs, idle_ms), "handing jobs back"
-        )
-        if await self._try(handed):
-            log.info("handed back %d job(s) to other workers", len(jobs))
+
+        async def hand_back() -> None:
+            for stream, jobs in _by_stream(left).items():
+                await self._retry(
+                    partial(self._scripts.hand_back, self.name, stream, jobs, idle_ms),
+                    "handing jobs back",
+                )
+
+        if await self._try(hand_back()):
+            log.info("handed back %d job(s) to other workers", len(left))
         await asyncio.wait({run.task for run in left if run.task is not None}, timeout=5.0)
 
     async def _try(self, step: Awaitable[object]) -> bool:
@@ -257,3 +277,11 @@ class QueueWorker:
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await persist(operation, cap=self._backoff, what=what)
+
+
+def _by_stream(runs: list[_Running]) -> dict[str, dict[str, str]]:
+    """The runs' entries (entry -> job id), by stream."""
+    grouped: dict[str, dict[str, str]] = {}
+    for run in runs:
+        grouped.setdefault(run.stream, {})[run.entry] = run.job_id
+    return grouped

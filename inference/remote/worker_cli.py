@@ -29,7 +29,11 @@ backend. Run any number of workers on any number of machines; each announces its
 _EPILOG = """\
 Exit status: 0 after SIGTERM or Ctrl-C (running jobs finish within IMG2IMG_SHUTDOWN_GRACE or go
 back to the queue), 2 for invalid settings (one line on stderr). An unreachable Redis is waited
-for. Settings: README.md (IMG2IMG_QUEUE, IMG2IMG_WORKER_LEASE, ...)."""
+for. Settings: README.md (IMG2IMG_QUEUE, IMG2IMG_WORKER_LEASE, ...).
+
+--backend here names the backend that runs the jobs. `python -m inference generate --backend`
+is ignored while IMG2IMG_QUEUE is a Redis URL: the job goes to the workers, which run it with
+their own backend."""
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,23 @@ def add_parser(commands: Any) -> None:
         "--backend", choices=("local", "modelslab"), help="default: IMG2IMG_BACKEND"
     )
     worker.add_argument("--name", help="this worker's name in Redis; default: HOST-PID")
+    worker.add_argument(
+        "--affinity-wait",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="model affinity: how long a job for a model another worker has loaded is left to "
+        "that worker before this one takes it (0: no affinity, jobs in submission order); "
+        "default: 2",
+    )
     worker.add_argument("--debug", action="store_true", help="log details and tracebacks")
 
 
 def main(args: argparse.Namespace, stderr: TextIO = sys.stderr) -> int:
     """Run the worker until SIGTERM; the exit status."""
-    logging.getLogger("inference.remote").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    level = logging.DEBUG if args.debug else logging.INFO
+    for name in ("inference.remote", "inference.local.loading"):  # jobs taken; models loaded
+        logging.getLogger(name).setLevel(level)
     return asyncio.run(_serve(args, stderr))
 
 
@@ -73,7 +88,7 @@ async def _serve(args: argparse.Namespace, stderr: TextIO) -> int:
         print("error: " + "; ".join(exc.problems), file=stderr)
         return EXIT_INVALID
     from inference.backends import create_inference_backend
-    from inference.metrics import start_metrics_server
+    from inference.metrics import MetricsPortInUse, start_metrics_server
     from inference.remote.keys import connect
     from inference.remote.worker import QueueWorker
     from inference.safety import OpenNsfwDetector
@@ -93,9 +108,16 @@ async def _serve(args: argparse.Namespace, stderr: TextIO) -> int:
         backoff=remote.queue_backoff,
         grace=remote.shutdown_grace,
         models_kept=settings.local.pipeline_cache,
+        affinity_wait=max(0.0, args.affinity_wait),
     )
     port = settings.metrics_port
-    metrics = None if port is None else await start_metrics_server(port, lambda: worker.ready)
+    try:
+        metrics = None if port is None else await start_metrics_server(port, lambda: worker.ready)
+    except MetricsPortInUse as exc:
+        print(f"error: {exc}", file=stderr)
+        await backend.aclose(timeout=5.0)
+        await redis.aclose()
+        return EXIT_INVALID
     try:
         await worker.run(stop)
     finally:

@@ -273,7 +273,8 @@ def modal_submit_data(modal: Json, values: Mapping[str, Any]) -> Json:
 
     ``values`` maps a field's custom_id or label to a str (text input), a list of str
     (select) or a list of ``fake.attachment(...)`` (file upload). Unset text inputs keep their
-    pre-filled value. Discord-client rules (required, min/max length) raise ValueError.
+    pre-filled value, unset selects their default options. Discord-client rules (required,
+    min/max length) raise ValueError.
     """
     remaining = dict(values)
     components: list[Json] = []
@@ -295,6 +296,8 @@ def modal_submit_data(modal: Json, values: Mapping[str, Any]) -> Json:
             for f in files:
                 resolved.setdefault("attachments", {})[str(f.id)] = payloads.attachment(f)
         elif comp["type"] in SELECT_TYPES:
+            if value is None:  # left as it was: the options marked default stay chosen
+                value = [o["value"] for o in comp.get("options", []) if o.get("default")]
             out["values"] = [str(v) for v in _chosen(comp, label, value)]
         if top.get("type") == 1:
             components.append({"type": 1, "components": [out]})

@@ -1,0 +1,78 @@
+"""The prompt filter's matching (bot.prompt_filter) and the blocked-words list it reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.prompt_filter import (
+    MAX_BLOCKED_ENTRIES,
+    MAX_ENTRY_CHARS,
+    BlockedWordsError,
+    is_blocked,
+    parse_blocked_words,
+)
+
+BLOCKED = ("cat", "red fox", "naïve", "f*ck", "東京")
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a cat",
+        "A CAT!",
+        "(cat:1.2), sunset",
+        "cat_ears",  # tag style: underscores separate words
+        "ｃａｔ on a mat",  # full-width letters
+        "c\u200bat",  # a zero-width space inside the word
+        "CAT" + "\u0301",  # a combining accent on the last letter
+        "a Red  Fox",
+        "red-fox",
+        "red,\nfox",
+        "a naive painting",  # accents folded
+        "NAÏVE",
+        "f*ck",
+        "東京の夜",  # no spaces in Japanese: matched inside a run of letters
+        "kitty, cat.",
+    ],
+)
+def test_blocked_words_match_whole_words_and_phrases(prompt: str) -> None:
+    assert is_blocked(prompt, BLOCKED)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a category of things",
+        "cats",
+        "concatenate",
+        "redfox",
+        "a red dog and a fox",
+        "bobcat",
+        "catnaïve",
+        "",
+    ],
+)
+def test_partial_words_and_split_phrases_are_not_matched(prompt: str) -> None:
+    assert not is_blocked(prompt, BLOCKED)
+
+
+def test_nothing_is_blocked_without_a_list() -> None:
+    assert not is_blocked("anything at all", ())
+
+
+def test_the_list_is_parsed_trimmed_lowered_and_deduplicated() -> None:
+    parsed = parse_blocked_words(" Cat, red   FOX ,,cat, Naïve ")
+    assert parsed == ("cat", "red fox", "naïve")
+    assert parse_blocked_words("") == ()
+    assert parse_blocked_words("  ") == ()
+    assert parse_blocked_words("-") == ()
+
+
+def test_unusable_lists_are_refused_with_what_to_change() -> None:
+    with pytest.raises(BlockedWordsError, match="letter or digit"):
+        parse_blocked_words("cat, ***")
+    with pytest.raises(BlockedWordsError, match=f"at most {MAX_ENTRY_CHARS} characters"):
+        parse_blocked_words("x" * (MAX_ENTRY_CHARS + 1))
+    many = ",".join(f"word{i}" for i in range(MAX_BLOCKED_ENTRIES + 1))
+    with pytest.raises(BlockedWordsError, match=f"at most {MAX_BLOCKED_ENTRIES}"):
+        parse_blocked_words(many)
