@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import aiohttp
 import yarl
 
+from inference.backoff import delays
+
 __all__ = ["Backoff", "describe_unreachable", "wait_until_reachable"]
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,7 @@ class Backoff:
     attempt_timeout: float = 10.0  # seconds one attempt may take
 
     def delays(self) -> Iterator[float]:
-        delay = self.first
-        while True:
-            yield delay
-            delay = min(delay * 2, self.cap)
+        return delays(first=self.first, cap=self.cap)
 
 
 async def wait_until_reachable(api_base: str, backoff: Backoff) -> None:

@@ -154,6 +154,15 @@ async def _policy(bot: Img2ImgBot, guild_id: int | None) -> GuildPolicy:
     return GuildPolicy() if guild_id is None else await bot.store.guild_policy(guild_id)
 
 
+async def prompt_refused(interaction: discord.Interaction[Img2ImgBot], prompt: str) -> bool:
+    """Refuse (privately) a prompt the server's filter blocks; True when it was refused."""
+    policy = await _policy(interaction.client, interaction.guild_id)
+    if not is_blocked(prompt, policy.blocked_words):
+        return False
+    await _respond(interaction, messages.PROMPT_BLOCKED)  # the list itself is never shown
+    return True
+
+
 async def _respond(interaction: discord.Interaction[Img2ImgBot], text: str) -> None:
     """An ephemeral answer, whether or not the interaction was deferred already."""
     await answer_privately(interaction, text)
@@ -221,9 +230,7 @@ async def submit_job(
     except StyleRefused as exc:
         await _respond(interaction, str(exc))
         return None
-    policy = await _policy(bot, interaction.guild_id)
-    if is_blocked(str(body.get("prompt") or ""), policy.blocked_words):
-        await _respond(interaction, messages.PROMPT_BLOCKED)  # the list itself is never shown
+    if await prompt_refused(interaction, str(body.get("prompt") or "")):
         return None
     if source.url is not None and source.attachment is None and source.data is None:
         # A user's link is checked here and kept as the job's provenance; an attachment's signed

@@ -22,7 +22,7 @@ from bot.errors import report_unexpected
 from bot.jobs import QueueRefused
 from bot.replies import answer_privately, defer_thinking
 from bot.store import JobRecord
-from bot.submission import ImageSource, submit_job
+from bot.submission import ImageSource, prompt_refused, submit_job
 from inference import GeneratedImage, Img2ImgResult
 from inference.upscale import Tiling, plan_upscale
 
@@ -114,6 +114,8 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
             "track_id": None,
         }
     )
+    if await prompt_refused(interaction, request.prompt):  # the filter may have changed since
+        return
     thinking_id = await defer_thinking(interaction)
     await bot.acks.settled()
     job_id = secrets.token_hex(6)

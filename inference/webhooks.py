@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from inference.backoff import exponential_delay
 from inference.errors import InvalidRequest
 from inference.images.urls import pin, resolve_private_host, resolve_public_host
 from inference.result import Img2ImgResult
@@ -26,6 +27,8 @@ from inference.result import Img2ImgResult
 __all__ = ["OutputForm", "WebhookSender", "base64_output", "webhook_body"]
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF = 60.0
+"""The longest wait between two tries of one webhook delivery, in seconds."""
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -98,7 +101,7 @@ class WebhookSender:
                     return True
                 if not retry or attempt == self.attempts:
                     return False
-                await self._sleep(self.backoff * 2 ** (attempt - 1))
+                await self._sleep(exponential_delay(attempt, first=self.backoff, cap=MAX_BACKOFF))
         return False
 
     async def _attempt(

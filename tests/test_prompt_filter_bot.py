@@ -1,6 +1,6 @@
 """The prompt filter through the loopback Discord with the real client (issue 13 item 5):
 admins set it, and blocked prompts are refused on every path (slash command, modal, Remix,
-Reroll) before anything is queued or counted, and again after `enhance_prompt`."""
+Reroll, Upscale, Vary) before anything is queued or counted, and again after `enhance_prompt`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,8 @@ async def test_blocked_prompts_are_refused_on_every_path_and_nothing_is_queued(
     await remix.wait_response()
     await assert_refused(await fake.submit_modal(remix, {"Prompt": "a fox again"}))
     await assert_refused(await fake.click(done, label="Reroll", user=member))
+    await assert_refused(await fake.click(done, label="Upscale 1", user=member))
+    await assert_refused(await fake.click(done, label="Vary (subtle) 1", user=member))
 
     records = await bot.store.recent_for_user(member.id)
     assert len(records) == 2  # the first job and the allowed one: no refusal was stored

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from inference import images
+from inference.backoff import exponential_delay
 from inference.errors import BackendError, BackendUnavailable, InferenceError
 from inference.modelslab.responses import (
     KEY_REFUSED,
@@ -50,8 +50,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Backoff before retry number `attempt` (1-based): doubling, capped, ± jitter."""
-        raw = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
-        return raw * random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311
+        return exponential_delay(
+            attempt, first=self.base_delay, cap=self.max_delay, jitter=self.jitter
+        )
 
 
 def new_http_client(request_timeout: float, max_in_flight: int) -> httpx.AsyncClient:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from inference.backoff import exponential_delay
 
 __all__ = ["OUTAGE_ERRORS", "Backoff", "persist"]
 
@@ -32,14 +33,14 @@ class Backoff:
 
     def __init__(self, cap: float) -> None:
         self.cap = cap
-        self._next = min(_FIRST_DELAY, cap)
+        self._attempt = 1
 
     def reset(self) -> None:
-        self._next = min(_FIRST_DELAY, self.cap)
+        self._attempt = 1
 
     async def sleep(self) -> None:
-        delay = self._next * random.uniform(0.8, 1.0)  # noqa: S311 (jitter, not crypto)
-        self._next = min(self._next * 2, self.cap)
+        delay = exponential_delay(self._attempt, first=_FIRST_DELAY, cap=self.cap, jitter=0.2)
+        self._attempt += 1
         await asyncio.sleep(delay)
 
 
