@@ -1,7 +1,7 @@
 """What live previews cost: an SD-1.5-sized random-weight img2img pipeline at 512x512, with and
 without previews, in the same run.
 
-    .venv/bin/python bench/preview_cost.py [--steps 3] [--device cpu] [--interval 2.0]
+    .venv/bin/python bench/preview_cost.py [--steps 3] [--device cpu] [--interval 2.0] [--tiny-vae]
 
 The pipeline (UNet 320/640/1280/1280 with cross-attention 768, the SD VAE, a CLIP-L text
 encoder; random weights built from configs, no model hub) runs `--steps` denoising steps twice
@@ -14,6 +14,8 @@ whole bench about 10 minutes); on a GPU give more steps and a shorter cadence, e
 It prints both wall times, their ratio, the preview's own time per call (median of 50, sharp
 and blurred), and that time x previews per job / the job's time: the cost that a difference of
 two wall times this long cannot resolve on its own (run-to-run noise is a few percent).
+With `--tiny-vae`, previews are decoded by a TAESD-sized `AutoencoderTiny` (random weights, the
+default config: what a model's `preview_vae` loads) instead of the projection.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from _models import CLIP_L, SD15_UNET, VAE, _scheduler, _text, tiny_models
 
-from inference.local.preview import PreviewClock, preview_jpeg, project_latents
+from inference.local.preview import PreviewClock, decode_latents, preview_jpeg, project_latents
 
 SIZE = 512
 
@@ -56,6 +58,17 @@ def build(device: str) -> Any:
 
 
 Callback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
+ToPixels = Callable[[torch.Tensor], torch.Tensor]
+
+
+def to_pixels(device: str, dtype: torch.dtype, *, tiny_vae: bool) -> ToPixels:
+    """The projection, or a TAESD-sized tiny VAE (random weights) on `device`."""
+    if not tiny_vae:
+        return lambda latents: project_latents(latents, "sd")
+    from diffusers import AutoencoderTiny
+
+    decoder = AutoencoderTiny().to(device=device, dtype=dtype).eval()
+    return lambda latents: decode_latents(decoder, latents)
 
 
 def counting() -> tuple[Callback, list[int]]:
@@ -68,14 +81,14 @@ def counting() -> tuple[Callback, list[int]]:
     return callback, calls
 
 
-def previewing(interval: float) -> tuple[Callback, list[int]]:
-    """The engine's preview path: a clock per call, the projection and the JPEG when due."""
+def previewing(interval: float, pixels: ToPixels) -> tuple[Callback, list[int]]:
+    """The engine's preview path: a clock per call, the pixels and the JPEG when due."""
     clock = PreviewClock(interval)
     made: list[int] = []
 
     def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         if clock.due(step + 1, int(pipe.num_timesteps)):
-            preview_jpeg(project_latents(tensors["latents"], "sd"), blur=False)
+            preview_jpeg(pixels(tensors["latents"]), blur=False)
             made.append(step + 1)
         return tensors
 
@@ -99,12 +112,12 @@ def run(pipe: Any, steps: int, callback: Callback, size: int = SIZE) -> float:
     return time.perf_counter() - start
 
 
-def preview_ms(device: str, *, blur: bool) -> float:
+def preview_ms(device: str, pixels: ToPixels, *, blur: bool) -> float:
     latents = torch.randn(1, 4, SIZE // 8, SIZE // 8, device=device)
     times = []
     for _ in range(51):
         start = time.perf_counter()
-        preview_jpeg(project_latents(latents, "sd"), blur=blur)
+        preview_jpeg(pixels(latents), blur=blur)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times[1:])
 
@@ -114,18 +127,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="denoising steps per run (3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
     parser.add_argument("--interval", type=float, default=2.0, help="preview cadence, s (2.0)")
+    parser.add_argument("--tiny-vae", action="store_true", help="decode with a TAESD-sized VAE")
     args = parser.parse_args()
     started = time.perf_counter()
     pipe = build(args.device)
+    pixels = to_pixels(args.device, pipe.unet.dtype, tiny_vae=args.tiny_vae)
     print(f"built the SD-1.5-sized pipeline in {time.perf_counter() - started:.1f} s")
     run(pipe, 1, counting()[0], size=SIZE // 2)  # warm-up (smaller: the CPU run is long)
     plain_callback, _ = counting()
     plain = run(pipe, args.steps, plain_callback)
-    preview_callback, made = previewing(args.interval)
+    preview_callback, made = previewing(args.interval, pixels)
     with_previews = run(pipe, args.steps, preview_callback)
-    sharp, blurred = preview_ms(args.device, blur=False), preview_ms(args.device, blur=True)
+    sharp = preview_ms(args.device, pixels, blur=False)
+    blurred = preview_ms(args.device, pixels, blur=True)
     own = max(sharp, blurred) * len(made) / 1000 / plain
+    how = "a tiny VAE" if args.tiny_vae else "the projection"
     print(f"device {args.device}, {SIZE}x{SIZE}, {args.steps} steps, cadence {args.interval} s")
+    print(f"previews made by {how}")
     print(f"without previews: {plain:.2f} s ({plain / args.steps:.2f} s per step)")
     print(f"with previews:    {with_previews:.2f} s ({len(made)} previews, after steps {made})")
     print(f"wall-time ratio with/without: {with_previews / plain:.4f}")

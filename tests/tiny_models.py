@@ -167,6 +167,26 @@ def make_vae(seed: int) -> Any:
     )
 
 
+def build_tiny_autoencoder(folder: Path, seed: int = 40) -> Any:
+    """A random-weight diffusers `AutoencoderTiny` (TAESD's layout, 8 channels), saved to
+    `folder`: a models file's `preview_vae`. Its decoder's weights are drawn wider than the
+    default initialisation, which decodes any latent to a near-black image."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    )
+    with torch.no_grad():
+        for parameter in vae.decoder.parameters():
+            parameter.normal_(0.0, 0.1)
+    vae.save_pretrained(folder, safe_serialization=True)
+    return vae
+
+
 def build_sd(folder: Path, seed: int = 0) -> Any:
     """A tiny SD 1.x img2img pipeline (about 2.5 M parameters), saved to `folder`."""
     from diffusers import StableDiffusionImg2ImgPipeline, UNet2DConditionModel

@@ -31,14 +31,11 @@ from inference.local.loading import (
     free_memory,
     freeze_imports,
     load_model,
+    load_preview_vae,
     load_vae,
     resolve_device,
 )
-from inference.local.preview import (
-    PreviewClock,
-    preview_jpeg,
-    project_latents,
-)
+from inference.local.preview import PreviewClock, PreviewDecoders, preview_jpeg
 from inference.local.prompts import PromptEmbeds, encode_prompts, pipeline_kwargs
 from inference.local.schedulers import make_scheduler
 
@@ -84,9 +81,13 @@ class Engine:
         self.cache = PipelineCache(
             lambda entry: load_model(entry, device=self.device, dtype=self.dtype), cache_size
         )
+        self.preview_decoders = PreviewDecoders(
+            lambda source: load_preview_vae(source, device=self.device, dtype=self.dtype)
+        )
         freeze_imports()  # full GC passes would otherwise stall the event loop for ~350 ms
 
     def close(self) -> None:
+        self.preview_decoders.clear()
         self.cache.clear()
 
     def run(self, items: Sequence[WorkItem]) -> None:
@@ -202,7 +203,7 @@ class Engine:
             total = int(pipe.num_timesteps)
             previews: dict[int, bytes] = {}
             if clock.due(step + 1, total):
-                previews = _previews(model, tensors.get("latents"), rows)
+                previews = _previews(model, tensors.get("latents"), rows, self.preview_decoders)
             for item in items:
                 if item.cancelled:
                     continue
@@ -234,14 +235,17 @@ def _finish_if_cancelled(item: WorkItem) -> bool:
     return False
 
 
-def _previews(model: LoadedModel, latents: Any, rows: list[_Row]) -> dict[int, bytes]:
+def _previews(
+    model: LoadedModel, latents: Any, rows: list[_Row], decoders: PreviewDecoders
+) -> dict[int, bytes]:
     """A preview per live job that wants one (keyed by `id(item)`), from its own rows' latents
-    (rows and latents are in the same order). A failure costs only the previews."""
+    (rows and latents are in the same order; one model). A failure costs only the previews."""
     wanted = [i for i, row in enumerate(rows) if row.item.on_preview and not row.item.cancelled]
     if not isinstance(latents, torch.Tensor) or not wanted:
         return {}
     try:
-        pixels = project_latents(latents[wanted], model.arch)
+        source = rows[0].item.selection.model.preview_vae
+        pixels = decoders.pixels(latents[wanted], model.arch, source)
         positions: dict[int, list[int]] = {}
         for position, index in enumerate(wanted):
             positions.setdefault(id(rows[index].item), []).append(position)

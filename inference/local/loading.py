@@ -1,4 +1,4 @@
-"""Loading pipelines and VAEs from registry entries, and the bounded LRU cache of loaded models.
+"""Loading pipelines, VAEs and preview VAEs from registry entries; the LRU cache of loaded models.
 
 Hub ids, local diffusers folders and single `.safetensors` files (with a local config folder) all
 go through diffusers' own loaders. A hub id loads from the local cache only with HF_HUB_OFFLINE=1 or
@@ -31,6 +31,7 @@ __all__ = [
     "free_memory",
     "freeze_imports",
     "load_model",
+    "load_preview_vae",
     "load_vae",
     "resolve_device",
 ]
@@ -165,6 +166,20 @@ def load_vae(entry: VaeEntry, *, device: str, dtype: torch.dtype) -> Any:
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise BackendError(f"VAE {entry.name!r} could not be loaded: {exc}") from exc
     return vae.to(device)
+
+
+def load_preview_vae(source: Source, *, device: str, dtype: torch.dtype) -> Any:
+    """A model's `preview_vae`: a diffusers `AutoencoderTiny` (TAESD) for live previews.
+
+    Errors are diffusers' own; `BackendUnavailable` (logged) when the hub cannot serve it."""
+    from diffusers import AutoencoderTiny as _AutoencoderTiny
+
+    autoencoder: Any = _AutoencoderTiny
+    _quiet_loading()
+    what = f"Preview VAE {source.location!r} (previews use the latent projection)"
+    options = {**_dtype_option(dtype), **_hub_options(source, "config.json", what, "nothing")}
+    vae = autoencoder.from_pretrained(source.location, **options)
+    return vae.to(device).eval()
 
 
 def freeze_imports() -> None:

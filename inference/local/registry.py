@@ -41,7 +41,7 @@ SourceKind = Literal["hub", "folder", "file"]
 _ARCHES: tuple[str, ...] = ("sd", "sdxl")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KEYS = {
-    "models": {"source", "arch", "config", *TOME_KEYS},
+    "models": {"source", "arch", "config", "preview_vae", *TOME_KEYS},
     "vaes": {"source", "config", "subfolder"},
     "loras": {"source", "arch", "weight_name"},
 }
@@ -68,6 +68,7 @@ class ModelEntry:
     source: Source
     arch: Arch | None  # None: a hub id whose architecture is read when it loads
     tome: ToMeOptions = field(default_factory=ToMeOptions)  # see `inference.local.tome`
+    preview_vae: Source | None = None  # an AutoencoderTiny for live previews (None: projection)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ class _EntryParser:
             tome = parse_tome_options(table)
         except ValueError as exc:
             raise self._error("models", name, str(exc)) from None
-        return ModelEntry(name=name, source=source, arch=arch, tome=tome)
+        preview_vae = self._preview_vae(name, table.get("preview_vae"))
+        return ModelEntry(name=name, source=source, arch=arch, tome=tome, preview_vae=preview_vae)
 
     def vae(self, name: str, table: dict[str, Any]) -> VaeEntry:
         self._check_keys("vaes", name, table)
@@ -204,6 +206,22 @@ class _EntryParser:
             arch=self._arch("loras", name, table),
             weight_name=weight_name,
         )
+
+    def _preview_vae(self, name: str, raw: Any) -> Source | None:
+        """A hub id, or a local diffusers folder whose config is an `AutoencoderTiny`'s."""
+        if raw is None:
+            return None
+        wanted = "preview_vae must be the hub id or folder of a diffusers AutoencoderTiny"
+        if not isinstance(raw, str) or not raw.strip():
+            raise self._error("models", name, wanted)
+        location, kind = self._locate("models", name, raw.strip())
+        if kind == "file":
+            raise self._error("models", name, f"{wanted}, not a single file")
+        if kind == "folder":
+            config = _read_json(Path(location) / "config.json") or {}
+            if config.get("_class_name") != "AutoencoderTiny":
+                raise self._error("models", name, f"{wanted}: {raw!r} is not one")
+        return Source(location=location, kind=kind)
 
     def _check_keys(self, section: str, name: str, table: dict[str, Any]) -> None:
         unknown = set(table) - _KEYS[section]
