@@ -396,9 +396,22 @@ class FairQueue:
 
     # -- releasing and running -------------------------------------------------------------------
 
+    def _slots(self, entry: _Entry) -> int:
+        """The backend places a running job takes: an upscale runs up to `capacity` of its tiles
+        at once, so it takes that many (at most its tile count); any other job, one."""
+        if entry.record.kind != "upscale":
+            return 1
+        return max(1, min(entry.record.cost or 1, self._backend.capacity))
+
+    def _fits(self) -> bool:
+        """The next job in release order fits in the backend's free places."""
+        capacity = self._backend.capacity
+        used = sum(self._slots(e) for e in self._running.values())
+        return used < capacity and used + self._slots(self._release_order()[0]) <= capacity
+
     def _release(self) -> None:
         released = False
-        while not self._closing and self._waiting and len(self._running) < self._backend.capacity:
+        while not self._closing and self._waiting and self._fits():
             entry = self._release_order()[0]
             self._waiting.remove(entry)
             self._released_tag = max(self._released_tag, entry.tag)

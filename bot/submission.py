@@ -132,6 +132,16 @@ async def _apply_channel_policy(
     return body, note
 
 
+async def with_current_policy(
+    interaction: discord.Interaction[Img2ImgBot], request: Img2ImgRequest
+) -> Img2ImgRequest:
+    """`request` (one stored earlier, reused by a button) under the channel's and server's NSFW
+    rules as they are now: they may have been tightened since it was made."""
+    body, _ = await _apply_channel_policy(interaction.client, interaction, request.model_dump())
+    safety = {name: body[name] for name in ("safety_checker", "safety_checker_type")}
+    return request.model_copy(update=safety)
+
+
 def _kid_safe_type(chosen: Any) -> str:
     """The requester's (or the server default's) type when it is black or blur; else blur."""
     return str(chosen) if chosen in KID_SAFE_TYPES else "blur"

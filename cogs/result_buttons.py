@@ -22,7 +22,7 @@ from bot.errors import report_unexpected
 from bot.jobs import QueueRefused
 from bot.replies import answer_privately, defer_thinking
 from bot.store import JobRecord
-from bot.submission import ImageSource, prompt_refused, submit_job
+from bot.submission import ImageSource, prompt_refused, submit_job, with_current_policy
 from inference import GeneratedImage, Img2ImgResult
 from inference.upscale import Tiling, plan_upscale
 
@@ -81,7 +81,10 @@ async def run_action(
         await submit_upscale(interaction, target)
     else:
         await submit_job(
-            interaction, _vary_body(target, action), ImageSource(data=target.image.source)
+            interaction,
+            _vary_body(target, action),
+            ImageSource(data=target.image.source),
+            applied_style=target.record.style,
         )
 
 
@@ -116,6 +119,7 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
     )
     if await prompt_refused(interaction, request.prompt):  # the filter may have changed since
         return
+    request = await with_current_policy(interaction, request)
     thinking_id = await defer_thinking(interaction)
     await bot.acks.settled()
     job_id = secrets.token_hex(6)
@@ -133,6 +137,7 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
             message_id=thinking_id,
             kind="upscale",
             cost=tiles,
+            style=target.record.style,
         )
         reporter = bot.reporter(job_id, channel, user, interaction, status_message_id=thinking_id)
         try:

@@ -349,3 +349,22 @@ async def test_store_history_policy_retention_and_no_key(store: JobStore, tmp_pa
     with pytest.raises(ValueError, match="unknown job columns"):
         await store.update("other", owner_id=5)
     assert b"sk-never-stored" not in (tmp_path / "jobs.sqlite3").read_bytes()
+
+
+async def test_a_running_upscale_takes_as_many_places_as_it_runs_tiles(store: JobStore) -> None:
+    """An upscale runs up to `capacity` tiles at once, so it holds that many places: jobs behind
+    it wait instead of crowding the backend (or Redis) with more than it can take."""
+    backend = GatedBackend(capacity=2)
+    queue = FairQueue(backend, store, QueueLimits(max_pending_per_user=10), upscaler=backend)
+    upscale = record("up", owner=1)
+    upscale.kind, upscale.cost = "upscale", 4
+    recorders = {job_id: Recorder() for job_id in ("up", "b1", "c1")}
+    await queue.submit(upscale, recorders["up"])
+    await queue.submit(record("b1", 2), recorders["b1"])
+    await queue.submit(record("c1", 3), recorders["c1"])
+    await backend.wait_started(1)
+    assert backend.started == ["up"] and queue.position("b1") == 1  # both places are the upscale's
+    backend.gates.setdefault("up", asyncio.Event()).set()
+    await asyncio.wait_for(recorders["up"].outcome, 5)
+    await backend.wait_started(3)
+    assert sorted(backend.started[1:]) == ["b1", "c1"]  # then two ordinary jobs at once

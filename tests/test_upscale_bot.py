@@ -198,3 +198,34 @@ async def test_a_censored_result_is_upscaled_from_its_original(
         assert spread > 1
         # the upscaled image is checked and censored like any result
         assert result.attachments[0].spoiler and black(result.attachments[0].data)
+
+
+async def test_an_upscale_follows_the_servers_nsfw_rules_as_they_are_now(
+    fake_discord: FakeDiscord, models: TinyModels, tmp_path: Path
+) -> None:
+    """An image made with the checker off in an age-restricted channel, then the server turned
+    kid-safe: its Upscale is checked and censored (kid-safe's blur), and keeps the job's style."""
+    fake = fake_discord
+    backend = Recording(make_backend(models, Gate(), score=0.9))  # flags every image
+    build: dict[str, Any] = {"tiling": TILING, "detector": FakeDetector(0.9)}
+    async with running_bot(
+        fake, backend, tmp_path / "k.sqlite3", models.models_file, build=build
+    ) as bot:
+        admin = fake.world.alice
+        add = await fake.slash_command(
+            "img2img-style add", {"name": "ink", "prompt": "{prompt}, ink"}, user=admin
+        )
+        await add.wait_response()
+        inter = await slash(
+            fake, user=fake.world.bob, channel=fake.world.nsfw, safety_checker="no", style="ink"
+        )
+        done = await inter.wait_original(has_images(1), timeout=WAIT)
+        assert not done.attachments[0].spoiler  # the checker was off: nothing censored
+        kid_safe = await fake.slash_command("img2img-settings", {"kid_safe": True}, user=admin)
+        await kid_safe.wait_response()
+        up = await fake.click(done, label="Upscale 1", user=stranger(fake))
+        result = await up.wait_original(upscaled, timeout=WAIT)
+        record = await bot.store.get(done_id(result))
+    assert result.attachments[0].spoiler and not black(result.attachments[0].data)
+    assert record is not None and record.style == "ink"
+    assert record.request.safety_checker == "yes" and record.request.safety_checker_type == "blur"

@@ -90,7 +90,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'cancelled', '1')
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[1])
 local entry = redis.call('HGET', KEYS[1], 'entry')
-local ok, pending = pcall(redis.call, 'XPENDING', KEYS[3], ARGV[3], entry, entry, 1)
+-- the stream the job was put on (stored at submit); KEYS[3], where a job predates that field
+local stream = redis.call('HGET', KEYS[1], 'stream') or KEYS[3]
+local ok, pending = pcall(redis.call, 'XPENDING', stream, ARGV[3], entry, entry, 1)
 local running = (ok and #pending > 0) and '1' or '0'
 redis.call('XADD', KEYS[4], 'NOMKSTREAM', '*', 'kind', 'cancel', 'running', running)
 return running == '1' and 2 or 1

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from inference.port import Backend
-from inference.server.intake import read_intake
+from inference.server.intake import off_loop_if_large, read_intake
 from inference.server.keys import KeyRing
 from inference.server.responses import FAMILIES, ApiError, Links, error_body, job_answer, not_found
 from inference.server.runner import JobRunner
@@ -55,7 +55,7 @@ class ServerState:
     ) -> ServerState:
         server = settings.server
         keys = KeyRing(server.keys, server.max_in_flight)
-        store = ResultStore(server.output_ttl)
+        store = ResultStore(server.output_ttl, max_bytes=server.output_memory)
         sender = webhooks or WebhookSender(allow_private_urls=settings.ingest.allow_private_urls)
         runner = JobRunner(backend, store, keys, Links(public_url), sender)
         return cls(settings, keys, store, runner)
@@ -104,7 +104,7 @@ async def _read_body(request: web.Request, limit: int) -> dict[str, Any]:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, too_large) from None
     try:
-        body = json.loads(raw)
+        body = await off_loop_if_large(len(raw), json.loads, raw)
     except ValueError:
         message = "The body must be a JSON object (Content-Type: application/json)."
         raise ApiError(400, message) from None

@@ -1,8 +1,9 @@
 """Jobs and their output files, in memory, until they expire.
 
 A job is kept from its submission until `ttl` seconds after it ended; its outputs live exactly as
-long, under unguessable tokens handed out when the job was accepted (the `future_links`). Expired
-entries are invisible at once and their memory is freed by `sweep` (run periodically).
+long, under unguessable tokens handed out when the job was accepted (the `future_links`), unless
+the outputs kept reach `max_bytes`: then the oldest finished jobs expire early. Expired entries are
+invisible at once and their memory is freed by `sweep` (run periodically).
 """
 
 from __future__ import annotations
@@ -65,9 +66,18 @@ class ServerJob:
 class ResultStore:
     """Jobs by id and outputs by token, with expiry `ttl` seconds after a job ends."""
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int = 2 * 1024**3,
+    ) -> None:
         self.ttl = ttl
+        self.max_bytes = max_bytes
         self._clock = clock
+        self._bytes = 0
+        self._finished: dict[int, int] = {}  # api id → bytes of its outputs, oldest first
         self._ids = itertools.count(int(time.time()) * 1000 % 10**12)
         self._jobs: dict[int, ServerJob] = {}
         self._outputs: dict[str, tuple[Output, float]] = {}
@@ -108,10 +118,30 @@ class ResultStore:
 
     def finish(self, job: ServerJob, result: Img2ImgResult) -> None:
         job.expires = self._clock() + self.ttl
-        for token, image in zip(job.tokens, result.images, strict=False):
+        # The uncensored originals are never served: not kept. The outputs share the bytes.
+        images = [image.model_copy(update={"original": None}) for image in result.images]
+        result = result.model_copy(update={"images": images})
+        for token, image in zip(job.tokens, images, strict=False):
             output = Output(image.data, image.format, job.base64_out)
             self._outputs[token] = (output, job.expires)
         job.result, job.state = result, "success"
+        size = sum(len(image.data) for image in images)
+        self._finished[job.api_id] = size
+        self._bytes += size
+        self._evict()
+
+    def _evict(self) -> None:
+        """Expire the oldest finished jobs while the outputs kept exceed `max_bytes`."""
+        while self._bytes > self.max_bytes and len(self._finished) > 1:
+            api_id = next(iter(self._finished))
+            self._forget(api_id)
+
+    def _forget(self, api_id: int) -> None:
+        self._bytes -= self._finished.pop(api_id, 0)
+        job = self._jobs.pop(api_id, None)
+        if job is not None:
+            for token in job.tokens:
+                self._outputs.pop(token, None)
 
     def fail(self, job: ServerJob, message: str, *, invalid: bool = False) -> None:
         job.expires = self._clock() + self.ttl
@@ -127,9 +157,7 @@ class ResultStore:
         """Free what has expired."""
         now = self._clock()
         for api_id in [i for i, j in self._jobs.items() if j.expires and j.expires <= now]:
-            del self._jobs[api_id]
-        for token in [t for t, (_, until) in self._outputs.items() if until <= now]:
-            del self._outputs[token]
+            self._forget(api_id)
 
     def jobs(self) -> list[ServerJob]:
         """Every job kept (expired ones until the next `sweep`)."""

@@ -35,6 +35,10 @@ UPSCALE_STRENGTH = 0.3
 """How much each tile's img2img may change it: enough to add detail, too little to repaint."""
 
 
+_CANCEL_GRACE = 10.0
+"""Seconds the other tiles get to stop through their backend after one tile failed."""
+
+
 def tile_job_id(job_id: str, index: int) -> str:
     return f"{job_id}-t{index}"
 
@@ -104,9 +108,18 @@ class UpscaleRunner:
             )
             for index, data in enumerate(inputs)
         ]
-        results = await _all(
-            [self._backend.generate(j, tracker.for_tile(i), cancel) for i, j in enumerate(jobs)]
-        )
+        places = asyncio.Semaphore(max(1, self._backend.capacity))
+        tiles_cancel = CancelToken()  # set when the job is cancelled or one tile failed
+        stop = asyncio.ensure_future(_forward(cancel, tiles_cancel))
+
+        async def tile(index: int, tile_job: Job) -> Img2ImgResult:
+            async with places:  # at most the backend's capacity at once (the queue's places)
+                return await self._backend.generate(tile_job, tracker.for_tile(index), tiles_cancel)
+
+        try:
+            results = await _all([tile(i, j) for i, j in enumerate(jobs)], tiles_cancel)
+        finally:
+            stop.cancel()
         cancel.raise_if_cancelled()
         report_progress(progress, ProgressEvent(job_id=job.id, stage="postprocessing"))
         return await asyncio.to_thread(
@@ -172,13 +185,26 @@ def _tile_request(request: Img2ImgRequest, plan: UpscalePlan, seed: int) -> Img2
     return request.model_copy(update=changes)
 
 
-async def _all(works: list[Any]) -> list[Img2ImgResult]:
-    """Run the tiles together; the first failure stops the others and is raised."""
+async def _forward(source: CancelToken, target: CancelToken) -> None:
+    await source.wait()
+    target.cancel()
+
+
+async def _all(works: list[Any], cancel: CancelToken) -> list[Img2ImgResult]:
+    """Run the tiles together; the first failure stops the others and is raised.
+
+    On a failure the others are cancelled through `cancel` first, so that their backend stops
+    them too (a tile on a Redis worker is cancelled there), then their tasks. When the upscale
+    itself is cancelled as a task (a stopping bot), only the tasks are: work on the workers goes
+    on and a resumed upscale picks it up."""
     tasks = [asyncio.ensure_future(work) for work in works]
     try:
         return list(await asyncio.gather(*tasks))
-    except BaseException:
+    except Exception:
+        cancel.cancel()
+        await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+        raise
+    finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        raise
