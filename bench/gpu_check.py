@@ -9,7 +9,8 @@ long prompts (a word past the 77th token counts), emphasis, cancellation of a ru
 the out-of-memory split under a real memory cap (the process is limited to what the model needs
 plus --oom-headroom-gb, then 16 images are asked for at once).
 Each check is capped at --cap seconds. Exit status 1 when any check failed. --tiny runs the tests'
-tiny models on the CPU (the OOM is then simulated) to check the script itself.
+tiny models on the CPU (the OOM is then simulated) to check the script itself. Also: live previews
+arrive (with the time a step takes), and an Upscale ×2 batches its tiles.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from inference.local.backend import LocalBackend
 from inference.local.registry import ModelRegistry
 from inference.port import CancelToken, Job, ProgressEvent
 from inference.request import SCHEDULERS, Img2ImgRequest
+from inference.upscale import Tiling, UpscaleRunner
 
 LONG = ", ".join(f"tag{index}" for index in range(40))  # three 75-token windows
 
@@ -170,6 +172,49 @@ class Checker:
             return f"stopped {waited * 1000:.0f} ms after the cancel; next job fine"
         raise AssertionError("the job finished although it was cancelled")
 
+    async def previews(self) -> str:
+        """Live previews arrive while a job runs, and each costs little next to a step."""
+        backend = LocalBackend(
+            ModelRegistry.load(self.models.models_file),
+            device=self.models.device,
+            batch_size=1,
+            cache_size=1,
+            preview_interval=0.01,  # every step but the last
+        )
+        stamps: list[float] = []
+        shown: list[int] = []
+
+        def progress(event: ProgressEvent) -> None:
+            stamps.append(time.perf_counter())
+            if event.preview:
+                shown.append(len(event.preview))
+
+        try:
+            await backend.generate(self.job(strength=1.0), progress, CancelToken())
+        finally:
+            await backend.aclose()
+        assert shown, "no preview arrived"
+        steps = max(len(stamps) - 1, 1)
+        step_ms = (stamps[-1] - stamps[0]) / steps * 1000
+        return f"{len(shown)} previews, {max(shown) // 1024} KiB at most, ~{step_ms:.0f} ms a step"
+
+    async def upscale(self) -> str:
+        """Upscale ×2 in tiles of half the image: the tiles batch, the output is twice as large."""
+        half = self.models.size
+        tiling = Tiling(max_tile=half, overlap=max(8, half // 8))
+        runner = UpscaleRunner(self.backend, tiling=tiling)
+        self.calls.sizes.clear()
+        began = time.perf_counter()
+        result = await runner.generate(self.job(), lambda _: None, CancelToken())
+        seconds = time.perf_counter() - began
+        image = result.images[0]
+        size = 2 * self.models.size
+        assert (image.width, image.height) == (size, size), (image.width, image.height)
+        tiles = len(runner.plan(self.models.size, self.models.size).tiles)
+        calls = list(self.calls.sizes)
+        assert len(calls) < tiles, f"{tiles} tiles were not batched: calls {calls}"
+        return f"{size}×{size} from {tiles} tiles in calls {calls}, {seconds:.1f} s"
+
     async def out_of_memory(self) -> str:
         await self.backend.aclose()  # one model copy at a time
         backend = self.new_backend(batch_size=16)
@@ -226,6 +271,8 @@ class Checker:
         )
         await self.check("tomesd is reproducible", self.tomesd_reproducible)
         await self.check("cancel stops a running job", self.cancel)
+        await self.check("live previews arrive while a job runs", self.previews)
+        await self.check("upscale x2: tiles batched, twice the size", self.upscale)
         await self.check("out of memory splits the batch", self.out_of_memory)
         await self.backend.aclose()
 
