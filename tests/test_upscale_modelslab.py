@@ -56,3 +56,17 @@ async def test_upscale_runs_its_tiles_through_the_api(
     expected = 255 - rgb(done.attachments[0].data)
     small = Image.open(io.BytesIO(result.attachments[0].data)).convert("RGB").resize((64, 64))
     assert np.abs(np.asarray(small, dtype=np.float64) - expected).mean() < 12
+
+
+async def test_vary_runs_through_the_api_with_the_presets_strength_and_a_new_seed(
+    fake_discord: FakeDiscord, api: FakeModelsLab, bot: Any
+) -> None:
+    inter = await slash(fake_discord, width=64, height=64, seed=4)
+    done = await inter.wait_original(has_images(1), timeout=WAIT)
+    for label, strength in (("Vary (subtle) 1", 0.35), ("Vary (strong) 1", 0.7)):
+        before = len(api.submits)
+        vary = await fake_discord.click(done, label=label, user=fake_discord.world.alice)
+        await vary.wait_original(has_images(1), timeout=WAIT)
+        (call,) = api.submits[before:]
+        assert call.body is not None and float(call.body["strength"]) == strength
+        assert str(call.body.get("seed")) != "4"
