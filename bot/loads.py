@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from inference.images import DECODES_AT_ONCE
+
 __all__ = [
     "ATTACHMENT_LOADS_AT_ONCE",
     "DECODES_AT_ONCE",
@@ -30,8 +32,6 @@ LINK_LOADS_AT_ONCE = 8
 """Downloads from links users give (`image_url`, images embedded in messages) at once."""
 STORED_LOADS_AT_ONCE = 4
 """Input images read back from the job store (Reroll, Remix) at once."""
-DECODES_AT_ONCE = 4
-"""Images decoded at once, whatever their source: 4 × ~130 MiB at the default pixel cap."""
 
 
 @dataclass

@@ -158,12 +158,10 @@ async def result_files(
 def result_embed(result: Img2ImgResult, requester: str) -> discord.Embed:
     """The effective parameters and seeds, so a result can be reproduced."""
     meta = result.meta
-    embed = discord.Embed(description=_clip(str(meta.get("prompt", "")), 1000), color=0x5865F2)
+    embed = discord.Embed(description=_shown(meta.get("prompt", ""), 1000), color=0x5865F2)
     embed.set_author(name=result_author(requester))
     if meta.get("negative_prompt"):
-        embed.add_field(
-            name="Negative", value=_clip(str(meta["negative_prompt"]), 300), inline=False
-        )
+        embed.add_field(name="Negative", value=_shown(meta["negative_prompt"], 300), inline=False)
     fields: list[tuple[str, Any]] = [
         ("Style", meta.get("style")),
         ("Model", meta.get("model_id")),
@@ -179,7 +177,7 @@ def result_embed(result: Img2ImgResult, requester: str) -> discord.Embed:
     ]
     for name, value in fields:
         if value not in (None, ""):
-            embed.add_field(name=name, value=_clip(str(value), 200))
+            embed.add_field(name=name, value=_shown(value, 200))
     flagged = sum(result.nsfw_content_detected)
     embed.set_footer(text=result_footer(result.id, result.generationTime, flagged))
     return embed
@@ -191,6 +189,12 @@ def _result_content(result: Img2ImgResult, mention: str) -> str:
     if isinstance(requested, int) and len(result.images) < requested:
         return f"{mention}\n{fewer_images(len(result.images), requested)}"
     return mention
+
+
+def _shown(value: Any, limit: int) -> str:
+    """A user-supplied value as plain text in an embed: markdown escaped (no masked links, no
+    formatting tricks), then clipped."""
+    return _clip(discord.utils.escape_markdown(str(value)), limit)
 
 
 def _clip(text: str, limit: int) -> str:

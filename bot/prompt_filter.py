@@ -82,7 +82,23 @@ def _pattern(blocked: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(alternatives))
 
 
+_WEIGHT = re.compile(r":\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*\)")
+_BRACKETS = re.compile(r"[()\[\]]")
+
+
+def without_emphasis(prompt: str) -> str:
+    """The prompt as the model reads it after A1111 emphasis: `(word:1.3)`, `(word)` and
+    `[word]` lose their brackets and weights, and what the brackets split is joined again
+    ("nu()de", "(nu)(de)" and "nu(:1)de" all read "nude")."""
+    return _BRACKETS.sub("", _WEIGHT.sub(")", prompt))
+
+
 def is_blocked(prompt: str, blocked: Iterable[str]) -> bool:
-    """Whether `prompt` contains one of the `blocked` words or phrases."""
+    """Whether `prompt` contains one of the `blocked` words or phrases, as written or as the
+    model reads it once emphasis brackets are gone."""
     pattern = _pattern(tuple(blocked))
-    return pattern is not None and pattern.search(normalise(prompt)) is not None
+    if pattern is None:
+        return False
+    return any(
+        pattern.search(normalise(text)) is not None for text in (prompt, without_emphasis(prompt))
+    )

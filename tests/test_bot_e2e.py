@@ -145,6 +145,20 @@ async def test_slash_command_posts_one_message_with_images_and_buttons(
     assert len([m for m in fake.messages(fake.world.general) if m.attachments]) == 1
 
 
+async def test_prompts_are_shown_as_plain_text_not_as_links_or_formatting(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    lure = "[Claim free Nitro](https://evil.example) **now**"
+    inter = await slash(
+        fake_discord, user=fake_discord.world.bob, prompt=lure, negative_prompt=lure
+    )
+    done = await inter.wait_original(has_images(1), timeout=WAIT)
+    embed = done.embeds[0]
+    for shown in (embed["description"], embed["fields"][0]["value"]):
+        # an escaped "[" makes no masked link; escaped asterisks make no bold
+        assert shown.startswith("\\[Claim free Nitro](") and "\\*\\*now\\*\\*" in shown
+
+
 async def test_image_url_is_fetched(fake_discord: FakeDiscord, bot: Any) -> None:
     fake = fake_discord
     url = fake.host_file(INPUT, "hosted.png", "image/png")

@@ -14,6 +14,7 @@ import random
 import ssl
 import struct
 import time
+import tracemalloc
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +41,7 @@ from inference.images import (
     read_parameters,
     sniff_format,
 )
-from inference.images.urls import PinnedTarget, pin
+from inference.images.urls import PinnedTarget, is_public_address, pin
 from inference.request import Img2ImgRequest
 from inference.result import effective_meta
 from inference.settings import InferenceSettings, IngestSettings
@@ -282,6 +283,23 @@ def test_16bit_gradient_survives_instead_of_clipping_to_white() -> None:
         assert row[-1] >= 253
         assert np.all(np.diff(row) >= 0)
         assert len(np.unique(row)) > 200
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_a_wide_image_decodes_within_the_memory_bound_of_any_image(mode: str) -> None:
+    """16-bit and float images are scaled in one float32 copy, not in float64 temporaries."""
+    side = 1024
+    values = np.tile(np.linspace(0, 60000, side, dtype=np.float32), (side, 1))
+    wide = Image.fromarray(values.astype(np.uint16) if mode == "I;16" else values)
+    assert wide.mode == mode
+    encoded = save(wide, "PNG" if mode == "I;16" else "TIFF")
+    tracemalloc.start()
+    try:
+        decode_image(encoded)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * side * side, f"{peak / side / side:.1f} bytes a pixel"
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -664,6 +682,28 @@ async def test_fetch_refuses_loopback_unless_private_urls_are_allowed(
             f"{server.base}/cat.jpg", settings=loopback_settings(allow_private_urls=False)
         )
     assert server.paths == []  # refused before connecting
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b::a9fe:a9fe]",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "[64:ff9b::a00:5]",  # NAT64 of 10.0.0.5
+        "[2002:a9fe:a9fe::]",  # 6to4 of 169.254.169.254
+        "[::7f00:1]",  # IPv4-compatible 127.0.0.1
+        "[::ffff:127.0.0.1]",  # IPv4-mapped
+        "[64:ff9b:1::a00:5]",  # local-use NAT64
+    ],
+)
+async def test_ipv6_forms_of_private_ipv4_addresses_are_refused(host: str) -> None:
+    with pytest.raises(InvalidImage, match="private or local address"):
+        await fetch_image(
+            f"http://{host}/x.png", settings=loopback_settings(allow_private_urls=False)
+        )
+
+
+def test_ipv6_forms_of_public_ipv4_addresses_stay_public() -> None:
+    assert is_public_address("64:ff9b::808:808") and is_public_address("2002:808:808::")
 
 
 async def test_fetch_trusted_skips_the_address_rule_but_keeps_the_cap(

@@ -76,3 +76,26 @@ def test_unusable_lists_are_refused_with_what_to_change() -> None:
     many = ",".join(f"word{i}" for i in range(MAX_BLOCKED_ENTRIES + 1))
     with pytest.raises(BlockedWordsError, match=f"at most {MAX_BLOCKED_ENTRIES}"):
         parse_blocked_words(many)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a nu()de woman",
+        "a nu[]de woman",
+        "a nu(:1)de woman",
+        "a nu)de woman",
+        "a (nu)(de) woman",
+        "a (nude:1.2) woman",
+        "a [[nude]] woman",
+    ],
+)
+def test_emphasis_brackets_do_not_hide_a_blocked_word(prompt: str) -> None:
+    """The local backend drops A1111 emphasis brackets and joins what they split: the filter
+    reads the prompt that way too."""
+    assert is_blocked(prompt, ("nude",))
+
+
+def test_emphasis_alone_blocks_nothing_more() -> None:
+    assert not is_blocked("a (red:1.1) dog, [denuded] hills", ("nude", "red fox"))
+    assert is_blocked("a (red:1.1) fox", ("red fox",))  # read as the model reads it

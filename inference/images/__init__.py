@@ -8,6 +8,7 @@ A1111 text), `fetch` (downloads, with `urls` for the address rules). Import from
 
 from inference.images.decode import (
     ACCEPTED_FORMATS,
+    DECODES_AT_ONCE,
     DEFAULT_MAX_PIXELS,
     MIN_IMAGE_SIDE,
     decode_image,
@@ -25,6 +26,7 @@ from inference.images.parameters import format_parameters, read_parameters
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "DECODES_AT_ONCE",
     "DEFAULT_MAX_PIXELS",
     "MIN_IMAGE_SIDE",
     "PNG_COMPRESS_LEVEL",

@@ -28,6 +28,7 @@ from inference.errors import InvalidImage
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "DECODES_AT_ONCE",
     "DEFAULT_MAX_PIXELS",
     "MIN_IMAGE_SIDE",
     "decode_image",
@@ -38,6 +39,8 @@ __all__ = [
 ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """The default pixel cap (`IMG2IMG_MAX_IMAGE_PIXELS`): a decode of up to ~130 MiB at its peak."""
+DECODES_AT_ONCE = 4
+"""Images a process decodes at once (bot and local backend): 4 × ~130 MiB at the default cap."""
 MIN_IMAGE_SIDE = 8
 PEAK_BYTES_PER_PIXEL = 8
 """What decoding an image costs at its peak, per pixel (two 4-byte buffers)."""
@@ -250,19 +253,29 @@ def _wide_to_uint8(values: npt.NDArray[Any], mode: str) -> npt.NDArray[np.uint8]
     0..255 (or 0..1 for floats) are taken as they are, 0..65535 as 16-bit, anything else is
     stretched from its minimum to its maximum.
     """
-    wide = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    # One float32 working copy, changed in place: 4 bytes a pixel besides the input, so a wide
+    # image at the pixel cap stays within the decode's memory bound (float64 copies did not).
+    wide = values.astype(np.float32)
+    np.nan_to_num(wide, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     low, high = float(wide.min()), float(wide.max())
+    offset, factor = 0.0, 1.0
     if mode.startswith("I;16"):
-        scaled = wide / 257.0
+        factor = 1 / 257.0
     elif mode == "F" and low >= 0.0 and high <= 1.0:
-        scaled = wide * 255.0
+        factor = 255.0
     elif low >= 0.0 and high <= 255.0:
-        scaled = wide
+        pass
     elif low >= 0.0 and high <= 65535.0:
-        scaled = wide / 257.0
+        factor = 1 / 257.0
     else:
-        scaled = (wide - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        offset, factor = low, 255.0 / (high - low)
+    if offset:
+        wide -= np.float32(offset)
+    if factor != 1.0:
+        wide *= np.float32(factor)
+    np.rint(wide, out=wide)
+    np.clip(wide, 0, 255, out=wide)
+    return wide.astype(np.uint8)
 
 
 def _icc_to_srgb(image: Image.Image, icc: Any) -> Image.Image | None:

@@ -32,11 +32,37 @@ __all__ = [
 _BLOCKED_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+"""The well-known NAT64 prefix: the last 32 bits are the IPv4 address reached (RFC 6052)."""
+_REFUSED_V6 = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64: the IPv4 part may sit anywhere
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated): ::a.b.c.d
+)
+
+
+def _reached_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public_address(address: str) -> bool:
-    """True when the IP literal `address` is globally routable (not loopback, private, ...)."""
+    """True when the IP literal `address` is globally routable (not loopback, private, ...).
+
+    An IPv6 address that carries an IPv4 address (mapped, 6to4, NAT64) is judged by that IPv4
+    address: on a NAT64 network `64:ff9b::a9fe:a9fe` reaches 169.254.169.254."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in _REFUSED_V6):
+            return False
+        reached = _reached_ipv4(ip)
+        if reached is not None:
+            return reached.is_global and not reached.is_multicast
     return ip.is_global and not ip.is_multicast
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from inference.errors import BackendUnavailable, Cancelled
-from inference.images import DEFAULT_MAX_PIXELS, decode_image, fit_to_size
+from inference.images import DECODES_AT_ONCE, DEFAULT_MAX_PIXELS, decode_image, fit_to_size
 from inference.local.batcher import (
     Batcher,
     Outcome,
@@ -86,6 +86,7 @@ class LocalBackend:
         self._registry = registry
         self._batch_size = batch_size
         self._max_pixels = max_image_pixels
+        self._decodes = asyncio.Semaphore(DECODES_AT_ONCE)
         self._detector = detector
         if threshold is None:
             threshold = detector.default_threshold if detector is not None else 1.0
@@ -158,7 +159,10 @@ class LocalBackend:
         request = job.request
         selection = self._registry.select(request)
         cancel.raise_if_cancelled()
-        image = await asyncio.to_thread(_prepare_image, job.init_image, request, self._max_pixels)
+        async with self._decodes:  # each decode may take ~130 MiB at the pixel cap
+            image = await asyncio.to_thread(
+                _prepare_image, job.init_image, request, self._max_pixels
+            )
         cancel.raise_if_cancelled()
         seeds = request.seeds(secrets.randbelow(MAX_SEED + 1))
         karras = karras_applies(request.scheduler, request.use_karras_sigmas == "yes")
