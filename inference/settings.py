@@ -253,6 +253,8 @@ class ServerSettings(SettingsBase):
     max_in_flight: int = Field(10, ge=1, le=10_000)  # jobs one key may have waiting or running
     max_body_bytes: int = Field(40 * 1024 * 1024, ge=1024)
     wait: float = Field(5.0, ge=0, le=300)  # seconds a generate call waits before `processing`
+    read_timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds a client has to send its whole request body (then 408 and the connection closed)."""
     output_memory: int = Field(2 * 1024**3, ge=1024 * 1024)
     """Bytes of output files kept in memory; past it the oldest finished jobs expire early."""
 

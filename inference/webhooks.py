@@ -6,7 +6,10 @@ whatever form the sender is given (a server that stores the files gives their UR
 come from users, so unless private URLs are allowed every address the host resolves to must be
 public, checked before each attempt; redirects are not followed (a redirect could point anywhere).
 Network errors, timeouts, 429 and 5xx are retried with backoff; other 4xx are final. A webhook that
-fails is logged, never raised: the job itself succeeded.
+fails is logged, never raised: the job itself succeeded. The receiver is untrusted too: only its
+status matters, so its reply's body is never read; each attempt has an overall deadline (httpx's
+timeout is per read: a byte every few seconds would never trip it); and at most `MAX_CONCURRENT`
+deliveries of one sender run at once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import httpx
 
 from inference.backoff import exponential_delay
 from inference.errors import InvalidRequest
-from inference.images.urls import pin, resolve_private_host, resolve_public_host
+from inference.images.urls import PinnedTarget, pin, resolve_private_host, resolve_public_host
 from inference.result import Img2ImgResult
 
 __all__ = ["OutputForm", "WebhookSender", "base64_output", "webhook_body"]
@@ -29,6 +32,8 @@ __all__ = ["OutputForm", "WebhookSender", "base64_output", "webhook_body"]
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 60.0
 """The longest wait between two tries of one webhook delivery, in seconds."""
+MAX_CONCURRENT = 16
+"""Deliveries one sender runs at once; the rest wait their turn."""
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -74,6 +79,7 @@ class WebhookSender:
         self._transport = transport
         self._sleep = sleep
         self._pending: set[asyncio.Task[bool]] = set()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
 
     def send_later(self, url: str, result: Img2ImgResult) -> None:
         """Deliver in the background (the job's result does not wait for its webhook)."""
@@ -90,6 +96,10 @@ class WebhookSender:
 
     async def send(self, url: str, result: Img2ImgResult) -> bool:
         """POST `result` to `url`; True once a 2xx answer came back."""
+        async with self._slots:
+            return await self._deliver(url, result)
+
+    async def _deliver(self, url: str, result: Img2ImgResult) -> bool:
         payload = webhook_body(result, self.output)
         target = httpx.URL(url)
         async with httpx.AsyncClient(
@@ -116,16 +126,24 @@ class WebhookSender:
             elif not self.allow_private_urls:
                 address = await resolve_public_host(host, url.port or 443)
             target = pin(url, address)  # connect to the address just checked, not the name again
-            response = await client.post(
-                target.url, json=payload, headers=target.headers, extensions=target.extensions
-            )
+            async with asyncio.timeout(self.timeout):
+                status = await _post(client, target, payload)
         except InvalidRequest as exc:
             log.warning("webhook to %s refused: %s", host, exc)
             return False
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, TimeoutError) as exc:
             log.warning("webhook to %s failed: %s", host, type(exc).__name__)
             return True
-        if response.is_success:
+        if 200 <= status < 300:
             return None
-        log.warning("webhook to %s answered %d", host, response.status_code)
-        return response.status_code in _RETRY_STATUS
+        log.warning("webhook to %s answered %d", host, status)
+        return status in _RETRY_STATUS
+
+
+async def _post(client: httpx.AsyncClient, target: PinnedTarget, payload: dict[str, Any]) -> int:
+    """POST `payload` and return the status; the reply's body is never read (only the status
+    matters): leaving the block closes the connection, however much the receiver would send."""
+    async with client.stream(
+        "POST", target.url, json=payload, headers=target.headers, extensions=target.extensions
+    ) as response:
+        return response.status_code

@@ -185,3 +185,91 @@ async def test_a_plain_http_webhook_to_a_public_address_is_never_sent() -> None:
     server = Server(200)
     assert await sender(server, private=True).send("http://151.101.1.69/in", RESULT) is False
     assert server.requests == []
+
+
+class HostileReceiver:
+    """A loopback HTTP server that reads the POST, then answers 200 and streams a body of up to
+    `limit` bytes as fast as the sender takes it (`endless`), or trickles its status line a byte
+    every `every` seconds, quicker than httpx's per-read timeout (`trickle`)."""
+
+    def __init__(self, mode: str, *, limit: int = 64 * 1024 * 1024, every: float = 0.2) -> None:
+        self.mode, self.limit, self.every = mode, limit, every
+        self.sent = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hook"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        try:
+            if self.mode == "endless":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                chunk = b"x" * 65536
+                while self.sent < self.limit:
+                    writer.write(chunk)
+                    await writer.drain()
+                    self.sent += len(chunk)
+            else:
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 40:  # ~15 s at most
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    self.sent += 1
+                    await asyncio.sleep(self.every)  # the receiver's pace, not synchronisation
+        except (ConnectionError, OSError):
+            pass  # the sender hung up: what a bounded sender does
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("mode", ["endless", "trickle"])
+async def test_a_hostile_receiver_cannot_hold_a_delivery(mode: str) -> None:
+    """The reply's body is not read, and each attempt has an overall deadline."""
+    hooks = WebhookSender(allow_private_urls=True, timeout=1.0, attempts=1)
+    receiver = HostileReceiver(mode)
+    async with receiver as url:
+        started = asyncio.get_running_loop().time()
+        delivered = await hooks.send(url, RESULT)
+        elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 3.0
+    if mode == "endless":
+        assert delivered is True  # the status came back; the body did not matter
+        assert receiver.sent < 16 * 1024 * 1024  # socket buffers at most, not the whole stream
+    else:
+        assert delivered is False and receiver.sent < 20
+
+
+async def test_at_most_sixteen_deliveries_run_at_once() -> None:
+    in_flight = 0
+    arrived = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight
+        in_flight += 1
+        if in_flight >= 16:
+            arrived.set()
+        await gate.wait()
+        in_flight -= 1
+        return httpx.Response(204)
+
+    hooks = WebhookSender(allow_private_urls=True, transport=httpx.MockTransport(handler))
+    tasks = [asyncio.create_task(hooks.send("https://127.0.0.1/hook", RESULT)) for _ in range(20)]
+    await arrived.wait()
+    for _ in range(500):  # let every task that could start reach the receiver (no timed wait)
+        await asyncio.sleep(0)
+    assert in_flight == 16
+    gate.set()
+    assert await asyncio.gather(*tasks) == [True] * 20

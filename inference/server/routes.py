@@ -87,7 +87,10 @@ async def _api_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(exc.body, status=exc.http_status)
+        response = web.json_response(exc.body, status=exc.http_status)
+        if exc.http_status == 408:
+            await _answer_and_close(request, response)
+        return response
     except web.HTTPException:
         raise
     except Exception:
@@ -95,17 +98,32 @@ async def _api_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response(error_body("Internal server error; try again."), status=500)
 
 
-async def _read_body(request: web.Request, limit: int) -> dict[str, Any]:
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send `response`, then close the connection at once: aiohttp would otherwise linger, reading
+    the rest of a body that came too slowly for up to 10 s more."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport sends what it holds, then closes
+
+
+async def _read_body(request: web.Request, limit: int, seconds: float) -> dict[str, Any]:
+    """The JSON object in the body, read within `seconds` (a client trickling a large body would
+    otherwise hold its connection, before any key check, for as long as it likes)."""
     too_large = f"The request body is larger than {limit} bytes: send a smaller init_image."
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, too_large)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, too_large) from None
+    except TimeoutError:
+        message = f"The request body did not arrive within {seconds:g} seconds: send it faster."
+        raise ApiError(408, message) from None
     try:
         body = await off_loop_if_large(len(raw), json.loads, raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         message = "The body must be a JSON object (Content-Type: application/json)."
         raise ApiError(400, message) from None
     if not isinstance(body, dict):
@@ -132,12 +150,13 @@ def _answer(state: ServerState, job: ServerJob, asked: float | None = None) -> w
 
 def _generate(state: ServerState, family: str) -> Handler:
     limit = state.settings.server.max_body_bytes
+    seconds = state.settings.server.read_timeout
 
     async def generate(request: web.Request) -> web.Response:
         runner = state.runner
         if not runner.accepting:
             raise ApiError(503, "The server is shutting down; send the request again shortly.")
-        body = await _read_body(request, limit)
+        body = await _read_body(request, limit, seconds)
         received = time.perf_counter()  # all of it: the server's own work starts here
         key_id = _key_id(state, body)
         if not state.keys.try_acquire(key_id):
@@ -161,7 +180,7 @@ def _generate(state: ServerState, family: str) -> Handler:
 
 def _fetch(state: ServerState) -> Handler:
     async def fetch(request: web.Request) -> web.Response:
-        body = await _read_body(request, 64 * 1024)
+        body = await _read_body(request, 64 * 1024, state.settings.server.read_timeout)
         asked = time.perf_counter()
         key_id = _key_id(state, body)
         wanted = request.match_info.get("id") or body.get("request_id") or body.get("id")
@@ -193,7 +212,8 @@ def _output(state: ServerState) -> Handler:
 
 def _system_details(state: ServerState) -> Handler:
     async def system_details(request: web.Request) -> web.Response:
-        _key_id(state, await _read_body(request, 64 * 1024))
+        body = await _read_body(request, 64 * 1024, state.settings.server.read_timeout)
+        _key_id(state, body)
         return web.json_response(status_body(state))
 
     return system_details
