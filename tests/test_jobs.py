@@ -362,9 +362,9 @@ async def test_a_running_upscale_takes_as_many_places_as_it_runs_tiles(store: Jo
     await queue.submit(upscale, recorders["up"])
     await queue.submit(record("b1", 2), recorders["b1"])
     await queue.submit(record("c1", 3), recorders["c1"])
-    await backend.wait_started(1)
+    await asyncio.wait_for(backend.wait_started(1), 5)
     assert backend.started == ["up"] and queue.position("b1") == 1  # both places are the upscale's
     backend.gates.setdefault("up", asyncio.Event()).set()
     await asyncio.wait_for(recorders["up"].outcome, 5)
-    await backend.wait_started(3)
+    await asyncio.wait_for(backend.wait_started(3), 5)
     assert sorted(backend.started[1:]) == ["b1", "c1"]  # then two ordinary jobs at once

@@ -28,14 +28,16 @@ async def test_a_workers_previews_reach_the_submitters_progress_callback(
     try:
         await asyncio.to_thread(worker.wait_ready, redis_server.url)
         remote = RemoteBackend(redis_server.url, lease=1.5, backoff=0.3)
-        progress = Progress()
-        job = make_job(
-            "preview-1",
-            png_bytes(gradient_image(96, 64)),
-            width=64, height=64, strength=0.5, num_inference_steps=21, safety_checker="no",
-        )  # fmt: skip
-        result = await asyncio.wait_for(remote.generate(job, progress, CancelToken()), 120)
-        await remote.aclose()
+        try:
+            progress = Progress()
+            job = make_job(
+                "preview-1",
+                png_bytes(gradient_image(96, 64)),
+                width=64, height=64, strength=0.5, num_inference_steps=21, safety_checker="no",
+            )  # fmt: skip
+            result = await asyncio.wait_for(remote.generate(job, progress, CancelToken()), 120)
+        finally:
+            await remote.aclose()
     finally:
         worker.kill()
     assert result.id == "preview-1" and len(result.images) == 1

@@ -2,7 +2,8 @@
 keeps to its model's jobs, so models are loaded about once per worker instead of once per batch.
 
 Real Redis, real worker processes (`python -m inference worker`) on the tiny models. A backlog of
-jobs alternating between the two models is submitted first, then two workers start. Without
+jobs alternating between the two models is submitted while two ready workers are paused
+(SIGSTOP), then both resume together. Without
 affinity (`--affinity-wait 0`: jobs in submission order) each read holds one job of each model and
 a worker that can keep one model loads a model for nearly every job (12 jobs: 10-12 loads, see
 bench/scaleout.py --affinity); with it, a worker changes model only once its model's jobs are all
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from redis_server import RedisServer
 from remote_harness import Progress, WorkerProcess, make_job, worker_env
 from tiny_models import TinyModels, gradient_image, png_bytes
 
-from inference import CancelToken
+from inference import CancelToken, Img2ImgResult
 from inference.remote.keys import job_stream, worker_key
 from inference.remote.submitter import RemoteBackend
 
@@ -43,15 +45,22 @@ async def test_workers_keep_to_their_models_jobs(
 ) -> None:
     assert job_stream(MODELS[0]) != job_stream(MODELS[1])  # one lane each
     remote = RemoteBackend(redis_server.url, lease=1.5, backoff=0.3)
-    runs = []
-    for index in range(JOBS):
-        job = make_job(f"aff-{index}", IMAGE, model_id=MODELS[index % 2], seed=index, **QUICK)
-        progress = Progress()
-        runs.append(asyncio.create_task(remote.generate(job, progress, CancelToken())))
-        await asyncio.wait_for(progress.stage("queued").wait(), 10)  # on Redis, in this order
-    env = worker_env(redis_server.url, models.models_file, IMG2IMG_PIPELINE_CACHE="1")
-    workers = [WorkerProcess(name, env, tmp_path) for name in ("a1", "a2")]
+    runs: list[asyncio.Task[Img2ImgResult]] = []
+    workers: list[WorkerProcess] = []
     try:
+        env = worker_env(redis_server.url, models.models_file, IMG2IMG_PIPELINE_CACHE="1")
+        workers = [WorkerProcess(name, env, tmp_path) for name in ("a1", "a2")]
+        for worker in workers:  # both up, then paused while the backlog is queued: a fair start
+            await asyncio.to_thread(worker.wait_ready, redis_server.url)
+        for worker in workers:
+            worker.process.send_signal(signal.SIGSTOP)
+        for index in range(JOBS):
+            job = make_job(f"aff-{index}", IMAGE, model_id=MODELS[index % 2], seed=index, **QUICK)
+            progress = Progress()
+            runs.append(asyncio.create_task(remote.generate(job, progress, CancelToken())))
+            await asyncio.wait_for(progress.stage("queued").wait(), 10)  # on Redis, in this order
+        for worker in workers:
+            worker.process.send_signal(signal.SIGCONT)
         results = await asyncio.wait_for(asyncio.gather(*runs), 150)
         assert [result.id for result in results] == [f"aff-{index}" for index in range(JOBS)]
         assert [result.meta["model_id"] for result in results] == [*MODELS] * (JOBS // 2)
@@ -66,6 +75,8 @@ async def test_workers_keep_to_their_models_jobs(
             assert len(lanes) == 1 and lanes[0] in {job_stream(model) for model in MODELS}
         client.close()
     finally:
+        for run in runs:
+            run.cancel()
         for worker in workers:
             worker.kill()
         await remote.aclose()

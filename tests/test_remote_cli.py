@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,12 +52,22 @@ def test_concurrent_generate_runs_through_two_workers(
             cwd=tmp_path, env=workers, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
-    runs = {
-        f"ok{index}": generate(f"ok{index}", *QUICK, "--seed", str(index)) for index in range(4)
-    }
-    runs["explicit"] = generate("explicit", *QUICK, "--backend", "local")
-    runs["bad"] = generate("bad", *QUICK, "--model-id", "nope")  # refused by the worker
-    ended = {name: (run.wait(timeout=150), *run.communicate()) for name, run in runs.items()}
+    runs: dict[str, subprocess.Popen[str]] = {}
+    ended: dict[str, tuple[int, str, str]] = {}
+    deadline = time.monotonic() + 150  # for all of them together, within the test's timeout
+    try:
+        for index in range(4):
+            runs[f"ok{index}"] = generate(f"ok{index}", *QUICK, "--seed", str(index))
+        runs["explicit"] = generate("explicit", *QUICK, "--backend", "local")
+        runs["bad"] = generate("bad", *QUICK, "--model-id", "nope")  # refused by the worker
+        for name, run in runs.items():  # communicate: reads both pipes, so none fills up
+            stdout, stderr = run.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            ended[name] = (run.returncode, stdout, stderr)
+    finally:
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.communicate(timeout=30)
     code, _, stderr = ended.pop("bad")
     assert code == 2 and "nope" in stderr  # invalid input: exit 2, as in-process
     warning = "warning: --backend local is ignored: IMG2IMG_QUEUE is a Redis URL"
@@ -79,9 +90,10 @@ def test_concurrent_generate_runs_through_two_workers(
 
 @pytest.fixture
 def taken_port() -> Iterator[int]:
-    """A port something else listens on (every interface, as the metrics server binds)."""
-    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as holder:
-        holder.bind(("", 0))
+    """A port something else listens on (loopback: the metrics server's every-interface bind
+    still collides with it)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
         holder.listen()
         yield int(holder.getsockname()[1])
 

@@ -62,9 +62,15 @@ def backend(models: TinyModels) -> Iterator[LocalBackend]:
     asyncio.run(local.aclose())
 
 
+def http_client() -> httpx.AsyncClient:
+    """A client patient enough for a tiny job on a loaded CI machine."""
+    return httpx.AsyncClient(timeout=90)
+
+
 @asynccontextmanager
 async def serving(backend: Backend, **fields: Any) -> AsyncIterator[tuple[str, ServerState]]:
     """The server on a free loopback port (private URLs allowed); yields its base URL."""
+    fields.setdefault("wait", 60.0)  # a loaded CI machine may take seconds for a tiny job
     server = ServerSettings(keys=[KEY, OTHER_KEY], **fields)
     settings = InferenceSettings(
         server=server, ingest=IngestSettings(allow_private_urls=True, fetch_timeout=2.0)
@@ -134,7 +140,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 async def test_the_official_sdk_runs_img2img_and_fetch_end_to_end(backend: LocalBackend) -> None:
     async with serving(backend, wait=0.0) as (base, _), image_host() as host:
-        client = Client(api_key=KEY, fetch_retry=100, fetch_timeout=0.1)
+        client = Client(api_key=KEY, fetch_retry=600, fetch_timeout=0.1)
         client.base_url = f"{base}/api/"
         api = Community(client, enterprise=True)
         schema = Image2Image(prompt="a red fox", init_image=f"{host}/init.png", **FAST)
@@ -142,7 +148,7 @@ async def test_the_official_sdk_runs_img2img_and_fetch_end_to_end(backend: Local
         assert first["status"] == "processing"
         assert first["fetch_result"] == f"{base}/api/v1/enterprise/images/fetch/{first['id']}"
         done = await asyncio.to_thread(api.fetch, str(first["id"]))
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             answer = await http.get(done["output"][0])
     assert done["status"] == "success" and done["id"] == first["id"]
     assert [u.rsplit(".", 1)[0] for u in done["output"]] == [
@@ -166,7 +172,7 @@ async def test_the_official_sdk_runs_img2img_and_fetch_end_to_end(backend: Local
 async def test_each_endpoint_names_its_own_fetch_route_and_both_fetch_forms_work(
     backend: LocalBackend, family: str, fetch_path: str
 ) -> None:
-    async with serving(backend, wait=0.0) as (base, _), httpx.AsyncClient() as http:
+    async with serving(backend, wait=0.0) as (base, _), http_client() as http:
         first = (await http.post(f"{base}{family}/img2img", json=body(samples="2"))).json()
         job_id = first["id"]
         assert first["status"] == "processing" and first["output"] == []
@@ -191,7 +197,7 @@ async def test_each_endpoint_names_its_own_fetch_route_and_both_fetch_forms_work
 async def test_a_quick_job_answers_success_at_once_and_base64_works_both_ways(
     backend: LocalBackend,
 ) -> None:
-    async with serving(backend) as (base, _), httpx.AsyncClient() as http:
+    async with serving(backend) as (base, _), http_client() as http:
         answer = (await http.post(f"{base}{PONY}/img2img", json=body(track_id="t-7"))).json()
         assert answer["status"] == "success", answer
         assert answer["output"][0].endswith(".base64") and answer["track_id"] == "t-7"
@@ -200,7 +206,7 @@ async def test_a_quick_job_answers_success_at_once_and_base64_works_both_ways(
 
 
 async def test_an_init_image_url_is_fetched_and_png_links_come_back(backend: LocalBackend) -> None:
-    async with serving(backend) as (base, _), image_host() as host, httpx.AsyncClient() as http:
+    async with serving(backend) as (base, _), image_host() as host, http_client() as http:
         sent = {**body(), "init_image": f"{host}/init.png", "base64": "no"}
         answer = (await http.post(f"{base}/api/v6/images/img2img", json=sent)).json()
         assert answer["status"] == "success", answer
@@ -211,7 +217,7 @@ async def test_an_init_image_url_is_fetched_and_png_links_come_back(backend: Loc
 async def test_the_safety_checker_runs_server_side_as_the_request_says(
     backend: LocalBackend,
 ) -> None:
-    async with serving(backend) as (base, _), httpx.AsyncClient() as http:
+    async with serving(backend) as (base, _), http_client() as http:
         checked = {**body(), "safety_checker": "yes", "safety_checker_type": "black"}
         flagged = (await http.post(f"{base}{PONY}/img2img", json=checked)).json()
         unchecked = (await http.post(f"{base}{PONY}/img2img", json=body())).json()
@@ -245,7 +251,7 @@ async def test_every_error_has_the_apis_shape_and_says_what_to_change(
     ]
     async with serving(backend, max_body_bytes=4096) as (base, _), image_host() as host:
         cases.append((body(init_image=f"{host}/page.html", base64="no"), 400, "web page"))
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             for sent, status, words in cases:
                 kwargs = {"content": sent} if isinstance(sent, bytes) else {"json": sent}
                 answer = await http.post(f"{base}{PONY}/img2img", **kwargs)
@@ -263,7 +269,7 @@ async def test_every_error_has_the_apis_shape_and_says_what_to_change(
 
 async def test_the_per_key_limit_refuses_more_jobs_in_flight_and_frees_them() -> None:
     held = ScriptedBackend(capacity=1, hold=True)
-    async with serving(held, wait=0.0, max_in_flight=1) as (base, _), httpx.AsyncClient() as http:
+    async with serving(held, wait=0.0, max_in_flight=1) as (base, _), http_client() as http:
         url = f"{base}{PONY}/img2img"
         first = (await http.post(url, json=body())).json()
         refused = await http.post(url, json=body())
@@ -284,7 +290,7 @@ async def test_the_per_key_limit_refuses_more_jobs_in_flight_and_frees_them() ->
 
 
 async def test_outputs_and_jobs_expire_after_the_ttl(backend: LocalBackend) -> None:
-    async with serving(backend, output_ttl=0.5) as (base, state), httpx.AsyncClient() as http:
+    async with serving(backend, output_ttl=2.0) as (base, state), http_client() as http:
         answer = (await http.post(f"{base}{PONY}/img2img", json=body())).json()
         link = answer["output"][0]
         assert (await http.get(link)).status_code == 200
@@ -292,7 +298,7 @@ async def test_outputs_and_jobs_expire_after_the_ttl(backend: LocalBackend) -> N
         async def gone() -> bool:
             return (await http.get(link)).status_code == 404
 
-        await until(gone, 5.0)
+        await until(gone, 10.0)
         fetched = await http.post(f"{base}{PONY}/fetch/{answer['id']}", json={"key": KEY})
         state.store.sweep()
         assert fetched.status_code == 404 and state.store.active() == []
@@ -301,7 +307,7 @@ async def test_outputs_and_jobs_expire_after_the_ttl(backend: LocalBackend) -> N
 async def test_the_webhook_gets_the_result_with_track_id_and_resolving_links(
     backend: LocalBackend,
 ) -> None:
-    async with serving(backend, wait=0.0) as (base, _), httpx.AsyncClient() as http:
+    async with serving(backend, wait=0.0) as (base, _), http_client() as http:
         with LoopbackReceiver() as hooks:
             sent = body(webhook=hooks.url, track_id="order-42")  # base64 in, so base64 out
             first = (await http.post(f"{base}{PONY}/img2img", json=sent)).json()
@@ -329,7 +335,7 @@ async def test_concurrent_clients_all_get_their_own_results(backend: LocalBacken
 
 
 async def test_status_lists_queue_and_models_for_valid_keys_only(backend: LocalBackend) -> None:
-    async with serving(backend) as (base, _), httpx.AsyncClient() as http:
+    async with serving(backend) as (base, _), http_client() as http:
         url = f"{base}/api/v1/enterprise/system_details"
         status = (await http.post(url, json={"key": KEY})).json()
         refused = await http.post(url, json={"key": "nope"})
@@ -341,7 +347,7 @@ async def test_status_lists_queue_and_models_for_valid_keys_only(backend: LocalB
 
 async def test_stopping_refuses_new_jobs_and_fails_those_past_the_grace() -> None:
     held = ScriptedBackend(capacity=1, hold=True)
-    async with serving(held, wait=0.0) as (base, state), httpx.AsyncClient() as http:
+    async with serving(held, wait=0.0) as (base, state), http_client() as http:
         first = (await http.post(f"{base}{PONY}/img2img", json=body())).json()
         stopping = asyncio.create_task(state.runner.stop(0.2))
         await until(lambda: asyncio.sleep(0, not state.runner.accepting))

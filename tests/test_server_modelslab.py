@@ -82,6 +82,16 @@ def serve_process(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
 
 
+async def served_at(server: subprocess.Popen[str]) -> str:
+    """The base URL from the "serving … on http://…" line (earlier stderr lines skipped)."""
+    assert server.stderr is not None
+    while True:
+        line = await asyncio.wait_for(asyncio.to_thread(server.stderr.readline), 60)
+        assert line, "the server's stderr ended before it said it was serving"
+        if "serving the ModelsLab-compatible API on " in line:
+            return line.strip().rsplit(" ", 1)[-1]
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSLAB_", "IMG2IMG_"))}
     return env | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"} | extra
@@ -111,7 +121,6 @@ def test_invalid_settings_exit_2_with_one_line(
 async def test_a_bot_server_and_worker_run_a_discord_job_end_to_end(
     fake_discord: FakeDiscord, redis_server: RedisServer, models: TinyModels, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess("w1", worker_env(redis_server.url, models.models_file), tmp_path)
     metrics = free_port()
     env = clean_env(
         IMG2IMG_QUEUE=redis_server.url,
@@ -122,11 +131,11 @@ async def test_a_bot_server_and_worker_run_a_discord_job_end_to_end(
         IMG2IMG_SHUTDOWN_GRACE="5",
     )
     server = serve_process(env, "--port", "0")
+    worker: WorkerProcess | None = None
     try:
-        assert server.stderr is not None
-        line = await asyncio.to_thread(server.stderr.readline)  # "serving … on http://…"
-        base = line.strip().rsplit(" ", 1)[-1]
-        assert base.startswith("http://127.0.0.1:"), line
+        worker = WorkerProcess("w1", worker_env(redis_server.url, models.models_file), tmp_path)
+        base = await served_at(server)
+        assert base.startswith("http://127.0.0.1:"), base
         await asyncio.to_thread(worker.wait_ready, redis_server.url)
         async with httpx.AsyncClient() as http:
 
@@ -154,5 +163,6 @@ async def test_a_bot_server_and_worker_run_a_discord_job_end_to_end(
         if server.poll() is None:
             server.kill()
             server.wait(30)
-        worker.kill()
+        if worker is not None:
+            worker.kill()
     assert KEY not in (server.stderr.read() if server.stderr else "") + worker.stderr()

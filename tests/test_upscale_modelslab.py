@@ -66,7 +66,9 @@ async def test_vary_runs_through_the_api_with_the_presets_strength_and_a_new_see
     for label, strength in (("Vary (subtle) 1", 0.35), ("Vary (strong) 1", 0.7)):
         before = len(api.submits)
         vary = await fake_discord.click(done, label=label, user=fake_discord.world.alice)
-        await vary.wait_original(has_images(1), timeout=WAIT)
+        varied = await vary.wait_original(has_images(1), timeout=WAIT)
         (call,) = api.submits[before:]
         assert call.body is not None and float(call.body["strength"]) == strength
-        assert str(call.body.get("seed")) != "4"
+        assert call.body.get("seed") in (None, "", "null")  # not the job's seed: the API draws
+        seeds = {f["name"]: f["value"] for f in varied.embeds[0]["fields"]}["Seeds"]
+        assert seeds and seeds != "4"

@@ -267,7 +267,7 @@ async def test_at_most_sixteen_deliveries_run_at_once() -> None:
 
     hooks = WebhookSender(allow_private_urls=True, transport=httpx.MockTransport(handler))
     tasks = [asyncio.create_task(hooks.send("https://127.0.0.1/hook", RESULT)) for _ in range(20)]
-    await arrived.wait()
+    await asyncio.wait_for(arrived.wait(), 10)
     for _ in range(500):  # let every task that could start reach the receiver (no timed wait)
         await asyncio.sleep(0)
     assert in_flight == 16
