@@ -101,6 +101,24 @@ def test_large_latents_are_shrunk_before_decoding(taesd: Path) -> None:
     assert pixels.shape == (1, PREVIEW_SIDE, 192, 3)
 
 
+def test_loading_a_tiny_vae_logs_no_library_noise(taesd: Path) -> None:
+    """diffusers warns that the `block_out_channels` it saved itself are unexpected: dropped."""
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    emitter = logging.getLogger("diffusers.configuration_utils")
+    handler = Collect(logging.DEBUG)
+    emitter.addHandler(handler)
+    try:
+        load_cpu(Source(str(taesd), "folder"))
+    finally:
+        emitter.removeHandler(handler)
+    assert not [m for m in seen if "AutoencoderTiny" in m], seen
+
+
 def test_configured_decoder_is_loaded_once_and_used(taesd: Path) -> None:
     loads: list[Source] = []
 

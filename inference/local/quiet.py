@@ -9,6 +9,8 @@ Each filter drops one message, at the logger (or for the warning) that emits it,
   train the UNet only, the usual kind. (The same message for the UNet itself is kept.)
 - peft: "Already found a `peft_config` attribute in the model", when a second LoRA loads: several
   adapters at once is what `lora_model` asks for.
+- diffusers: "The config attributes {'block_out_channels': ...} were passed to AutoencoderTiny, but
+  are not expected" when a preview VAE (TAESD) saved by diffusers itself is loaded.
 - huggingface_hub: "The `local_dir_use_symlinks` argument is deprecated", passed by diffusers
   when it reads a hub id's configs.
 The "Token indices sequence length" warning is avoided where prompts are tokenized
@@ -41,6 +43,9 @@ _LOG_FILTERS = {
     ),
     "diffusers.models.modeling_utils": _DropMessage("should be kept in float32: []."),
     "diffusers.loaders.lora_base": _DropMessage("No LoRA keys associated to", "safe to ignore"),
+    "diffusers.configuration_utils": _DropMessage(
+        "block_out_channels", "were passed to AutoencoderTiny, but are not expected"
+    ),
 }
 _WARNINGS = (  # (the start of the message, its category)
     ("Already found a `peft_config` attribute in the model", UserWarning),
