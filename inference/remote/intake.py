@@ -5,6 +5,8 @@ often the job's workers stopped while running it (deliveries, less the ones a dr
 handed back). Otherwise new entries are read (XREADGROUP) with **model affinity**: jobs are on one
 stream per model lane (`keys.job_stream`), and a worker reads, in this order,
 1. the lanes of the models it has loaded (`prefer`, most recent first);
+   Jobs that name no model (`img2img:jobs`) come right after: each worker runs them on its
+   own default model, so any worker with room takes them;
 2. lanes that no other live worker with room to spare has loaded (from their heartbeats'
    `lanes`, `running` and `capacity`, written at each job's start and end), oldest job first;
 3. the other lanes, once their oldest job has waited `affinity_wait` seconds.
@@ -28,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from inference.remote.heartbeat import live_workers
-from inference.remote.keys import GROUP, NOTICES, STREAMS, job_key
+from inference.remote.keys import GROUP, JOBS, NOTICES, STREAMS, job_key
 from inference.remote.retry import persist
 from inference.remote.wire import Fields, stream_entries
 
@@ -148,6 +150,8 @@ class Intake:
     async def _read_by_affinity(self, free: int, prefer: Sequence[str]) -> list[Entry]:
         waiting = await self._retry(self._waiting, "looking for jobs")
         mine = [stream for stream in prefer if stream in waiting]
+        if JOBS in waiting and JOBS not in mine:  # no model named: any worker's default will do
+            mine.append(JOBS)
         rest = sorted((s for s in waiting if s not in mine), key=lambda s: -waiting[s])
         taken = await self._retry(self._lanes_of_others, "reading heartbeats") if rest else set()
         late = [s for s in rest if s in taken and waiting[s] >= self.affinity_wait]
