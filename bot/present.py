@@ -40,6 +40,7 @@ from bot.replies import answer_privately
 from bot.status import RETIRE_PATIENCE, StatusMessage, nonce
 from inference import Cancelled, GeneratedImage, Img2ImgResult, InferenceError, ProgressEvent
 from inference.images import decode_image, encode_image, read_parameters
+from inference.upscale import Tiling
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
@@ -91,6 +92,9 @@ class UnknownUser:
 
 class ViewFactory(Protocol):
     """Builds the buttons (they live in `cogs.views`; the bot only places them)."""
+
+    tiling: Tiling
+    """How Upscale cuts images, which sets what an upscale costs (`inference.upscale`)."""
 
     def result(self, job_id: str, images: int, *, upscaled: bool = False) -> discord.ui.View:
         """The result's buttons (an upscaled result's have no Upscale)."""

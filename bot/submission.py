@@ -283,9 +283,6 @@ async def _load_and_queue(
     except InvalidRequest as exc:
         await _respond(interaction, str(exc))
         return None
-    assert interaction.channel is not None
-    channel = interaction.channel
-    assert isinstance(channel, discord.abc.Messageable)
     record = JobRecord(
         id=job_id,
         owner_id=interaction.user.id,
@@ -296,19 +293,35 @@ async def _load_and_queue(
         message_id=status_message_id,  # stored with the job: a restart can finalise the reply
         style=style,
     )
+    return await enqueue(interaction, record, note=note)
+
+
+async def enqueue(
+    interaction: discord.Interaction[Img2ImgBot],
+    record: JobRecord,
+    *,
+    note: str | None = None,
+    refusal_note: str | None = None,
+) -> str | None:
+    """Queue `record` (its place already held) with a reporter on its status message; the
+    job id, or None when the queue refused it (answered privately, `refusal_note` added)."""
+    bot = interaction.client
+    channel = interaction.channel
+    assert isinstance(channel, discord.abc.Messageable)
     reporter = bot.reporter(
-        job_id,
+        record.id,
         channel,
         interaction.user,
         interaction,
         note=note,
-        status_message_id=status_message_id,
+        status_message_id=record.message_id,
     )
     try:
         position = await bot.queue.submit(record, reporter)
     except QueueRefused as refusal:
         await reporter.close()
-        await _respond(interaction, messages.describe_refusal(refusal))
+        text = messages.describe_refusal(refusal)
+        await _respond(interaction, f"{text}\n{refusal_note}" if refusal_note else text)
         return None
     reporter.position(position)  # the first status edit, with the Cancel button
-    return job_id
+    return record.id

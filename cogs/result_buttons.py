@@ -22,9 +22,15 @@ from bot.errors import report_unexpected
 from bot.jobs import QueueRefused
 from bot.replies import answer_privately, defer_thinking
 from bot.store import JobRecord
-from bot.submission import ImageSource, prompt_refused, submit_job, with_current_policy
+from bot.submission import (
+    ImageSource,
+    enqueue,
+    prompt_refused,
+    submit_job,
+    with_current_policy,
+)
 from inference import GeneratedImage, Img2ImgResult
-from inference.upscale import Tiling, plan_upscale
+from inference.upscale import plan_upscale
 
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
@@ -95,17 +101,11 @@ def _vary_body(target: _Target, action: str) -> dict[str, Any]:
     return body
 
 
-def _tiling(bot: Img2ImgBot) -> Tiling:
-    """How the bot cuts upscales (the tiling its composition root gave the buttons)."""
-    tiling = getattr(bot.views, "tiling", None)
-    return tiling if isinstance(tiling, Tiling) else Tiling()
-
-
 async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _Target) -> None:
     """Queue one upscale job of the image: its place taken for as many images as it has tiles."""
     bot = interaction.client
     image, meta = target.image, target.result.meta
-    tiles = len(plan_upscale(image.width, image.height, _tiling(bot)).tiles)
+    tiles = len(plan_upscale(image.width, image.height, bot.views.tiling).tiles)
     request = target.record.request.model_copy(
         update={
             "prompt": str(meta.get("prompt") or target.record.request.prompt),
@@ -123,33 +123,28 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
     thinking_id = await defer_thinking(interaction)
     await bot.acks.settled()
     job_id = secrets.token_hex(6)
-    user, channel = interaction.user, interaction.channel
-    assert isinstance(channel, discord.abc.Messageable)
+    cost = messages.upscale_cost(tiles)
     try:
-        await bot.queue.hold(job_id, user.id, interaction.guild_id, tiles)
-        record = JobRecord(
-            id=job_id,
-            owner_id=user.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id or 0,
-            request=request,
-            init_image=image.source,
-            message_id=thinking_id,
-            kind="upscale",
-            cost=tiles,
-            style=target.record.style,
-        )
-        reporter = bot.reporter(job_id, channel, user, interaction, status_message_id=thinking_id)
-        try:
-            reporter.position(await bot.queue.submit(record, reporter))
-        except QueueRefused:
-            await reporter.close()
-            raise
+        await bot.queue.hold(job_id, interaction.user.id, interaction.guild_id, tiles)
     except QueueRefused as refusal:
-        refused = f"{messages.describe_refusal(refusal)}\n{messages.upscale_cost(tiles)}"
-        await answer_privately(interaction, refused)
+        await answer_privately(interaction, f"{messages.describe_refusal(refusal)}\n{cost}")
+        return
+    record = JobRecord(
+        id=job_id,
+        owner_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id or 0,
+        request=request,
+        init_image=image.source,
+        message_id=thinking_id,
+        kind="upscale",
+        cost=tiles,
+        style=target.record.style,
+    )
+    try:
+        await enqueue(interaction, record, refusal_note=cost)
     finally:
-        bot.queue.release(job_id)
+        bot.queue.release(job_id)  # the place, unless the job took it
 
 
 class ImageAction(
