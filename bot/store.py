@@ -332,14 +332,12 @@ class JobStore:
 
     async def save_result(self, job_id: str, result: Img2ImgResult) -> None:
         """Store the result (JSON and image bytes) and mark the job generated, atomically."""
-        wire = result.to_wire()
-        wire.pop("images")
         images = [
             (job_id, index, image.model_dump_json(exclude={"data"}), image.data, image.original)
             for index, image in enumerate(result.images)
         ]
         job = (
-            json.dumps(wire),
+            result.model_dump_json(),  # the images (`exclude`d) go to job_images
             time.time(),
             json.dumps(result.seeds),
             json.dumps(result.nsfw_content_detected),

@@ -15,9 +15,9 @@ from typing import TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from inference.backoff import exponential_delay
+from inference.backoff import delays
 
-__all__ = ["OUTAGE_ERRORS", "Backoff", "persist"]
+__all__ = ["OUTAGE_ERRORS", "persist"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,27 +28,11 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeout
 _FIRST_DELAY = 0.05
 
 
-class Backoff:
-    """Delays that double from 50 ms up to `cap` seconds, with jitter; `reset` after a success."""
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self._attempt = 1
-
-    def reset(self) -> None:
-        self._attempt = 1
-
-    async def sleep(self) -> None:
-        delay = exponential_delay(self._attempt, first=_FIRST_DELAY, cap=self.cap, jitter=0.2)
-        self._attempt += 1
-        await asyncio.sleep(delay)
-
-
 async def persist(operation: Callable[[], Awaitable[T]], *, cap: float, what: str) -> T:
     """Run `operation` until it gets through to Redis, waiting with backoff between tries.
 
     `what` names the operation in the one warning logged per outage ("storing a result")."""
-    backoff = Backoff(cap)
+    waits = delays(first=_FIRST_DELAY, cap=cap, jitter=0.2)
     warned = False
     while True:
         try:
@@ -57,7 +41,7 @@ async def persist(operation: Callable[[], Awaitable[T]], *, cap: float, what: st
             if not warned:
                 log.warning("Redis unreachable while %s (%s); retrying", what, _reason(exc))
                 warned = True
-            await backoff.sleep()
+            await asyncio.sleep(next(waits))
             continue
         if warned:
             log.info("Redis reachable again: %s", what)

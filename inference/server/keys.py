@@ -43,6 +43,3 @@ class KeyRing:
 
     def release(self, key_id: int) -> None:
         self._in_flight[key_id] = max(0, self._in_flight[key_id] - 1)
-
-    def in_flight(self, key_id: int) -> int:
-        return self._in_flight[key_id]

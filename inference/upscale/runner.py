@@ -11,14 +11,13 @@ upscale resumes its tiles. The blended image then gets the post-processing of ev
 from __future__ import annotations
 
 import asyncio
-import io
 import secrets
 import time
 from typing import Any
 
 from PIL import Image
 
-from inference.images import decode_image
+from inference.images import decode_image, encode_image
 from inference.port import Backend, CancelToken, Job, ProgressCallback, ProgressEvent
 from inference.postprocess import finish_images
 from inference.request import MAX_SEED, Img2ImgRequest
@@ -43,15 +42,13 @@ def tile_job_id(job_id: str, index: int) -> str:
     return f"{job_id}-t{index}"
 
 
-def _tiles_in(data: bytes, plan: UpscalePlan) -> list[bytes]:
-    """The input resized to the plan's size, cut into its tiles (PNG bytes each)."""
-    image = decode_image(data).resize((plan.width, plan.height), Image.Resampling.LANCZOS)
-    tiles = []
-    for tile in plan.tiles:
-        buffer = io.BytesIO()
-        image.crop(tile.box).save(buffer, format="PNG")
-        tiles.append(buffer.getvalue())
-    return tiles
+def _tiles_in(data: bytes, tiling: Tiling) -> tuple[UpscalePlan, list[bytes]]:
+    """The input's plan, and the input resized to the plan's size and cut into its tiles (each
+    encoded as the project encodes images: PNG while it fits)."""
+    image = decode_image(data)
+    plan = plan_upscale(image.width, image.height, tiling)
+    large = image.resize((plan.width, plan.height), Image.Resampling.LANCZOS)
+    return plan, [encode_image(large.crop(tile.box))[0] for tile in plan.tiles]
 
 
 class UpscaleRunner:
@@ -91,9 +88,7 @@ class UpscaleRunner:
     ) -> Img2ImgResult:
         started = time.perf_counter()
         request = job.request
-        size = await asyncio.to_thread(lambda: decode_image(job.init_image).size)
-        plan = self.plan(*size)
-        inputs = await asyncio.to_thread(_tiles_in, job.init_image, plan)
+        plan, inputs = await asyncio.to_thread(_tiles_in, job.init_image, self.tiling)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         tile_request = _tile_request(request, plan, seed)
         handles = tile_handles(job.external_id)
