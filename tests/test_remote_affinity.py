@@ -49,7 +49,10 @@ async def test_workers_keep_to_their_models_jobs(
     workers: list[WorkerProcess] = []
     try:
         env = worker_env(redis_server.url, models.models_file, IMG2IMG_PIPELINE_CACHE="1")
-        workers = [WorkerProcess(name, env, tmp_path) for name in ("a1", "a2")]
+        # A job waits this long for a worker with its model before another takes it: long
+        # enough that a slow CI machine does not count as "that worker is busy".
+        wait = ("--affinity-wait", "10")
+        workers = [WorkerProcess(name, env, tmp_path, *wait) for name in ("a1", "a2")]
         for worker in workers:  # both up, then paused while the backlog is queued: a fair start
             await asyncio.to_thread(worker.wait_ready, redis_server.url)
         for worker in workers:
