@@ -20,6 +20,7 @@ from inference.images.encode import (
     PNG_COMPRESS_TYPE,
     ImageFormat,
     encode_image,
+    replace_png_parameters,
 )
 from inference.images.fetch import fetch_image, fetch_trusted
 from inference.images.parameters import format_parameters, read_parameters
@@ -39,5 +40,6 @@ __all__ = [
     "fit_to_size",
     "format_parameters",
     "read_parameters",
+    "replace_png_parameters",
     "sniff_format",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "WEBP_QUALITY",
     "ImageFormat",
     "encode_image",
+    "replace_png_parameters",
 ]
 
 ImageFormat = Literal["png", "webp", "jpeg"]
@@ -131,6 +132,25 @@ def _png_text(keyword: bytes, text: str) -> bytes:
         # keyword, compression flag and method (0, 0), empty language tag and translated keyword
         body = keyword + b"\0\0\0" + b"\0" + b"\0" + text.encode("utf-8")
         return _png_chunk(b"iTXt", body)
+
+
+def replace_png_parameters(data: bytes, parameters: str) -> bytes:
+    """PNG `data` with its "parameters" text chunk replaced by `parameters`, pixels untouched;
+    `data` itself when it is not a PNG or has no such chunk."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return data
+    chunks, replaced, at = [_PNG_SIGNATURE], False, len(_PNG_SIGNATURE)
+    while at + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        at += 12 + length
+        if kind in (b"tEXt", b"iTXt") and body.split(b"\0", 1)[0] == b"parameters":
+            if not replaced:
+                chunks.append(_png_text(b"parameters", parameters))
+            replaced = True
+        else:
+            chunks.append(_png_chunk(kind, body))
+    return b"".join(chunks) if replaced else data
 
 
 def _save(image: Image.Image, fmt: str, **options: Any) -> bytes:

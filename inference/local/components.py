@@ -13,7 +13,7 @@ from typing import Any
 
 from inference.errors import InvalidRequest
 from inference.local.hub import cache_only, cached_folder, hub_repo
-from inference.local.loading import LoadedModel
+from inference.local.loading import LoadedModel, module_loading
 from inference.local.registry import LoraEntry, VaeEntry
 from inference.local.tome import ToMeOptions, resolve_tome
 
@@ -64,7 +64,8 @@ def _load_lora(model: LoadedModel, entry: LoraEntry) -> None:
     if entry.weight_name:
         options["weight_name"] = entry.weight_name
     try:
-        model.pipe.load_lora_weights(location, **options)
+        with module_loading():
+            model.pipe.load_lora_weights(location, **options)
     except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
         _forget_adapter(model, entry.name)
         raise _lora_failure(model, entry, exc) from exc

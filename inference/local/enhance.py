@@ -138,12 +138,13 @@ class CausalLMEnhancer:
             if self._loaded is None:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                from inference.local.loading import resolve_device
+                from inference.local.loading import module_loading, resolve_device
 
                 device = resolve_device(self.device)
                 hub = self._hub_options()
                 tokenizer = AutoTokenizer.from_pretrained(self.model_name, **hub)
-                model: Any = AutoModelForCausalLM.from_pretrained(self.model_name, **hub)
+                with module_loading():
+                    model: Any = AutoModelForCausalLM.from_pretrained(self.model_name, **hub)
                 model = model.to(device).eval()
                 self._loaded = (tokenizer, model)
             return self._loaded

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,11 +35,27 @@ __all__ = [
     "load_model",
     "load_preview_vae",
     "load_vae",
+    "module_loading",
     "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
 _imports_frozen = False
+_LOADING = threading.RLock()
+
+
+@contextmanager
+def module_loading() -> Iterator[None]:
+    """Hold while building torch modules from weights (models, VAEs, LoRAs, the prompt model).
+
+    diffusers, transformers and accelerate load by patching torch process-wide (empty-weight
+    `register_parameter`, skipped `nn.init`, the default dtype) and restore it on exit. Two loads
+    at once in one process interleave those patches and leave weights on the `meta` device
+    ("Unsupported device type 'meta'"), so loads take turns. A backend closing while its worker
+    thread still loads must not break the next backend's load either.
+    """
+    with _LOADING:
+        yield
 
 
 @dataclass(eq=False)
@@ -125,10 +143,11 @@ def load_model(entry: ModelEntry, *, device: str, dtype: torch.dtype) -> LoadedM
         extra: dict[str, Any] = {**_dtype_option(dtype), **hub}
         if arch == "sd":
             extra.update(safety_checker=None, requires_safety_checker=False)
-        if source.kind == "file":
-            pipe = cls.from_single_file(source.location, config=source.config, **extra)
-        else:
-            pipe = cls.from_pretrained(source.location, **extra)
+        with module_loading():
+            if source.kind == "file":
+                pipe = cls.from_single_file(source.location, config=source.config, **extra)
+            else:
+                pipe = cls.from_pretrained(source.location, **extra)
         pipe.to(device)
     except OSError as exc:
         raise BackendUnavailable(f"Model {entry.name!r} could not be loaded: {exc}") from exc
@@ -154,13 +173,14 @@ def load_vae(entry: VaeEntry, *, device: str, dtype: torch.dtype) -> Any:
     config = f"{source.subfolder}/config.json" if source.subfolder else "config.json"
     what, instead = f"VAE {entry.name!r}", "choose another VAE or none (vae)"
     options = {**_dtype_option(dtype), **_hub_options(source, config, what, instead)}
+    if source.kind != "file" and source.subfolder:
+        options["subfolder"] = source.subfolder
     try:
-        if source.kind == "file":
-            vae = autoencoder.from_single_file(source.location, config=source.config, **options)
-        else:
-            if source.subfolder:
-                options["subfolder"] = source.subfolder
-            vae = autoencoder.from_pretrained(source.location, **options)
+        with module_loading():
+            if source.kind == "file":
+                vae = autoencoder.from_single_file(source.location, config=source.config, **options)
+            else:
+                vae = autoencoder.from_pretrained(source.location, **options)
     except OSError as exc:
         raise BackendUnavailable(f"VAE {entry.name!r} could not be loaded: {exc}") from exc
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -178,7 +198,8 @@ def load_preview_vae(source: Source, *, device: str, dtype: torch.dtype) -> Any:
     _quiet_loading()
     what = f"Preview VAE {source.location!r} (previews use the latent projection)"
     options = {**_dtype_option(dtype), **_hub_options(source, "config.json", what, "nothing")}
-    vae = autoencoder.from_pretrained(source.location, **options)
+    with module_loading():
+        vae = autoencoder.from_pretrained(source.location, **options)
     return vae.to(device).eval()
 
 
