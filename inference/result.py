@@ -80,7 +80,7 @@ class Img2ImgResult(BaseModel):
     """A finished job. `model_dump(mode="json")` has the API's success shape; the image bytes
     travel in `images` and are left out of that dump (`output` names where they were written)."""
 
-    status: Literal["success", "error"] = "success"
+    status: Literal["success", "error", "failed"] = "success"  # failed: webhooks of failed jobs
     id: str
     output: list[str] = Field(default_factory=list)
     meta: dict[str, Any] = Field(default_factory=dict)

@@ -26,7 +26,7 @@ from webhook_receiver import LoopbackReceiver
 from inference.local.backend import LocalBackend
 from inference.local.registry import ModelRegistry
 from inference.port import Backend
-from inference.server import ServerState, create_app
+from inference.server import ServerState, create_runner
 from inference.settings import InferenceSettings, IngestSettings, ServerSettings
 
 with warnings.catch_warnings():  # the SDK's pydantic-v1-style schemas warn on import
@@ -76,7 +76,7 @@ async def serving(backend: Backend, **fields: Any) -> AsyncIterator[tuple[str, S
         server=server, ingest=IngestSettings(allow_private_urls=True, fetch_timeout=2.0)
     )
     state = ServerState.build(backend, settings, "http://unset")
-    runner = web.AppRunner(create_app(state), access_log=None)
+    runner = create_runner(state)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"

@@ -6,9 +6,10 @@ backend port built by `inference.backends.create_backend` (in this process, or t
 jobs and their output files live in memory until they expire. One module per concern: `keys`
 (API keys, the per-key limit), `intake` (reading a request body and its init image), `store`
 (jobs, outputs, expiry), `runner` (running jobs on the backend, webhooks, shutdown),
-`responses` (the API's shapes), `routes` (the aiohttp app), `serve` (the command).
+`responses` (the API's shapes), `bodies` (reading bodies within their caps), `routes` (the
+aiohttp app), `serve` (the command).
 """
 
-from inference.server.routes import ServerState, create_app
+from inference.server.routes import ServerState, create_app, create_runner
 
-__all__ = ["ServerState", "create_app"]
+__all__ = ["ServerState", "create_app", "create_runner"]

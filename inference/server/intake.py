@@ -29,6 +29,7 @@ __all__ = ["Intake", "off_loop_if_large", "read_intake"]
 T = TypeVar("T")
 
 _YES = ("yes", "true", "1", "y", "on")
+_LISTED = 10  # field problems spelled out in an error's message (`errors` has them all)
 _NO_INIT = (
     'init_image is required: give the image\'s http(s) URL, or its bytes in base64 with "base64": '
     '"yes".'
@@ -54,6 +55,9 @@ def _is_url(value: str) -> bool:
 async def read_intake(body: dict[str, Any], settings: InferenceSettings) -> Intake:
     """The request and its image bytes; `ApiError` (HTTP 400) for anything unusable."""
     fields = {name: value for name, value in body.items() if name not in ("key", "base64")}
+    known = len(Img2ImgRequest.model_fields)
+    if len(fields) > 2 * known:  # validating (and listing) thousands would hold the event loop
+        raise ApiError(400, f"The body has {len(fields)} fields; a request has at most {known}.")
     base64_flag = _is_yes(body.get("base64"))
     init = fields.get("init_image")
     inline = None
@@ -118,5 +122,7 @@ def _validate(fields: dict[str, Any], settings: InferenceSettings) -> Img2ImgReq
             if error["type"] == "extra_forbidden":
                 text = "this server does not support this field; remove it"
             problems.setdefault(field, []).append(text)
-        message = "; ".join(f"{f}: {', '.join(texts)}" for f, texts in problems.items())
+        listed = [f"{f}: {', '.join(texts)}" for f, texts in problems.items()]
+        more = len(listed) - _LISTED
+        message = "; ".join(listed[:_LISTED]) + (f"; and {more} more" if more > 0 else "")
         raise ApiError(400, message, errors=problems) from None

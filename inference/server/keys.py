@@ -27,7 +27,7 @@ class KeyRing:
         """The index of the key `presented` matches; None for anything else."""
         if not isinstance(presented, str) or not presented:
             return None
-        candidate = presented.strip().encode()
+        candidate = presented.strip().encode("utf-8", "surrogatepass")  # JSON allows "\ud800"
         found = None
         for index, key in enumerate(self._keys):
             if hmac.compare_digest(candidate, key):

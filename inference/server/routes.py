@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from inference.port import Backend
+from inference.server.bodies import BodyBudget, BodyRefused, read_json_body
 from inference.server.intake import off_loop_if_large, read_intake
 from inference.server.keys import KeyRing
 from inference.server.responses import FAMILIES, ApiError, Links, error_body, job_answer, not_found
@@ -27,13 +27,17 @@ from inference.server.store import ResultStore, ServerJob
 from inference.settings import InferenceSettings
 from inference.webhooks import WebhookSender
 
-__all__ = ["ServerState", "create_app"]
+__all__ = ["ServerState", "create_app", "create_runner"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _INVALID_KEY = "Invalid Api Key: send one of the server's keys (IMG2IMG_SERVER_KEYS) as `key`."
 _CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+_SHUTTING_DOWN = "The server is shutting down; send the request again shortly."
+_SMALL_BODY = 64 * 1024  # fetch and status bodies: a key and an id
+BODIES_AT_ONCE = 4
+"""Largest bodies (IMG2IMG_SERVER_MAX_BODY_BYTES each) being read or parsed at once."""
 
 
 @dataclass
@@ -44,6 +48,7 @@ class ServerState:
     keys: KeyRing
     store: ResultStore
     runner: JobRunner
+    bodies: BodyBudget
 
     @classmethod
     def build(
@@ -58,11 +63,19 @@ class ServerState:
         store = ResultStore(server.output_ttl, max_bytes=server.output_memory)
         sender = webhooks or WebhookSender(allow_private_urls=settings.ingest.allow_private_urls)
         runner = JobRunner(backend, store, keys, Links(public_url), sender)
-        return cls(settings, keys, store, runner)
+        bodies = BodyBudget(BODIES_AT_ONCE * 2 * server.max_body_bytes)
+        return cls(settings, keys, store, runner, bodies)
+
+    async def read_body(self, request: web.Request, limit: int = _SMALL_BODY) -> dict[str, Any]:
+        seconds = self.settings.server.read_timeout
+        return await read_json_body(request, self.bodies, limit=limit, seconds=seconds)
 
     def publish_at(self, public_url: str) -> None:
         """Put `public_url` in links from now on (once the listening port is known)."""
         self.runner.links = Links(public_url)
+
+
+_STATE = web.AppKey("server-state", ServerState)
 
 
 def create_app(state: ServerState) -> web.Application:
@@ -79,7 +92,15 @@ def create_app(state: ServerState) -> web.Application:
     app.router.add_get("/outputs/{name}", _output(state))
     app.router.add_get("/healthz", _health(state))
     app.cleanup_ctx.append(_sweeping(state.store))
+    app[_STATE] = state
     return app
+
+
+def create_runner(state: ServerState) -> web.AppRunner:
+    """The app's runner: no access log (bodies carry keys), and a connection that sends no
+    complete request within IMG2IMG_SERVER_READ_TIMEOUT (idle, or trickling its headers) closed."""
+    timeout = state.settings.server.read_timeout
+    return web.AppRunner(create_app(state), access_log=None, keepalive_timeout=timeout)
 
 
 @web.middleware
@@ -88,7 +109,7 @@ async def _api_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as exc:
         response = web.json_response(exc.body, status=exc.http_status)
-        if exc.http_status == 408:
+        if isinstance(exc, BodyRefused):
             await _answer_and_close(request, response)
         return response
     except web.HTTPException:
@@ -96,39 +117,17 @@ async def _api_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return web.json_response(error_body("Internal server error; try again."), status=500)
+    finally:
+        request.app[_STATE].bodies.release(request)
 
 
 async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
     """Send `response`, then close the connection at once: aiohttp would otherwise linger, reading
-    the rest of a body that came too slowly for up to 10 s more."""
+    the rest of a body it refused for up to 10 s more."""
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
     request.protocol.force_close()  # the transport sends what it holds, then closes
-
-
-async def _read_body(request: web.Request, limit: int, seconds: float) -> dict[str, Any]:
-    """The JSON object in the body, read within `seconds` (a client trickling a large body would
-    otherwise hold its connection, before any key check, for as long as it likes)."""
-    too_large = f"The request body is larger than {limit} bytes: send a smaller init_image."
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, too_large)
-    try:
-        async with asyncio.timeout(seconds):
-            raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, too_large) from None
-    except TimeoutError:
-        message = f"The request body did not arrive within {seconds:g} seconds: send it faster."
-        raise ApiError(408, message) from None
-    try:
-        body = await off_loop_if_large(len(raw), json.loads, raw)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
-        message = "The body must be a JSON object (Content-Type: application/json)."
-        raise ApiError(400, message) from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The body must be a JSON object with `key` and the request fields.")
-    return body
 
 
 def _key_id(state: ServerState, body: dict[str, Any]) -> int:
@@ -150,13 +149,12 @@ def _answer(state: ServerState, job: ServerJob, asked: float | None = None) -> w
 
 def _generate(state: ServerState, family: str) -> Handler:
     limit = state.settings.server.max_body_bytes
-    seconds = state.settings.server.read_timeout
 
     async def generate(request: web.Request) -> web.Response:
         runner = state.runner
         if not runner.accepting:
-            raise ApiError(503, "The server is shutting down; send the request again shortly.")
-        body = await _read_body(request, limit, seconds)
+            raise ApiError(503, _SHUTTING_DOWN)
+        body = await state.read_body(request, limit)
         received = time.perf_counter()  # all of it: the server's own work starts here
         key_id = _key_id(state, body)
         if not state.keys.try_acquire(key_id):
@@ -168,9 +166,13 @@ def _generate(state: ServerState, family: str) -> Handler:
             raise ApiError(429, message, retry_after=max(1, round(runner.mean_seconds)))
         try:
             intake = await read_intake(body, state.settings)
+            if not runner.accepting:  # it stopped while the init image was being fetched
+                raise ApiError(503, _SHUTTING_DOWN)
         except BaseException:
             state.keys.release(key_id)
             raise
+        del body  # the image is decoded: the raw body no longer counts against the budget
+        state.bodies.release(request)
         job = runner.start(key_id, family, intake, received)
         await runner.wait(job, state.settings.server.wait)
         return _answer(state, job)
@@ -180,7 +182,7 @@ def _generate(state: ServerState, family: str) -> Handler:
 
 def _fetch(state: ServerState) -> Handler:
     async def fetch(request: web.Request) -> web.Response:
-        body = await _read_body(request, 64 * 1024, state.settings.server.read_timeout)
+        body = await state.read_body(request)
         asked = time.perf_counter()
         key_id = _key_id(state, body)
         wanted = request.match_info.get("id") or body.get("request_id") or body.get("id")
@@ -202,8 +204,10 @@ def _output(state: ServerState) -> Handler:
             raise web.HTTPNotFound(text="This output does not exist or has expired.\n")
         headers = {"Cache-Control": "private, max-age=3600"}
         if found.as_base64:
-            text = base64.b64encode(found.data).decode("ascii")
-            return web.Response(text=text, content_type="text/plain", headers=headers)
+            text = await off_loop_if_large(len(found.data), base64.b64encode, found.data)
+            return web.Response(
+                body=text, content_type="text/plain", charset="ascii", headers=headers
+            )
         kind = _CONTENT_TYPES.get(found.format, "application/octet-stream")
         return web.Response(body=found.data, content_type=kind, headers=headers)
 
@@ -212,7 +216,7 @@ def _output(state: ServerState) -> Handler:
 
 def _system_details(state: ServerState) -> Handler:
     async def system_details(request: web.Request) -> web.Response:
-        body = await _read_body(request, 64 * 1024, state.settings.server.read_timeout)
+        body = await state.read_body(request)
         _key_id(state, body)
         return web.json_response(status_body(state))
 

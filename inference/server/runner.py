@@ -29,6 +29,8 @@ _RUNNING_STAGES = ("running", "postprocessing", "uploading")
 class JobRunner:
     """Submits jobs to `backend` and follows them to their end."""
 
+    unwind_wait = 5.0  # seconds `stop` gives a cancelled job to end, then to its task to unwind
+
     def __init__(
         self,
         backend: Backend,
@@ -88,6 +90,9 @@ class JobRunner:
             self.store.fail(job, str(exc), invalid=True)
         except InferenceError as exc:
             self.store.fail(job, _STOPPED if not self.accepting and token.cancelled else str(exc))
+        except asyncio.CancelledError:  # cut off by `stop`: a fetch must not answer processing
+            self.store.fail(job, _STOPPED)
+            raise
         except Exception:
             log.exception("job %s failed unexpectedly", job.api_id)
             self.store.fail(job, _CRASHED)
@@ -128,7 +133,7 @@ class JobRunner:
         """What the webhook gets: the result under the job's API id (its `output` the URLs)."""
         if job.result is not None:
             return job.result.model_copy(update={"id": str(job.api_id)})
-        failed = Img2ImgResult(status="error", id=str(job.api_id), message=job.error)
+        failed = Img2ImgResult(status="failed", id=str(job.api_id), message=job.error)
         return failed.model_copy(update={"track_id": job.track_id})
 
     def _webhook_links(self, result: Img2ImgResult) -> list[str]:
@@ -145,7 +150,9 @@ class JobRunner:
                 token.cancel()
                 log.warning("job %s did not finish within the grace period", job.api_id)
             if pending:
-                _, stuck = await asyncio.wait(pending, timeout=5.0)
+                _, stuck = await asyncio.wait(pending, timeout=self.unwind_wait)
                 for task in stuck:
                     task.cancel()
+                if stuck:  # their failure (and webhook) is recorded as they unwind
+                    await asyncio.wait(stuck, timeout=self.unwind_wait)
         await self.webhooks.drain(timeout=5.0)

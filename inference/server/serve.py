@@ -81,11 +81,11 @@ async def _serve(args: argparse.Namespace, stderr: TextIO) -> int:
     from inference.backends import create_backend
     from inference.metrics import METRICS, start_metrics_server
     from inference.safety import OpenNsfwDetector
-    from inference.server.routes import ServerState, create_app
+    from inference.server.routes import ServerState, create_runner
 
     backend = create_backend(settings, args.backend, detector=OpenNsfwDetector())
     state = ServerState.build(backend, settings, settings.server.public_url or "http://unset")
-    runner = web.AppRunner(create_app(state), access_log=None)
+    runner = create_runner(state)
     await runner.setup()
     try:
         await web.TCPSite(runner, args.host, args.port).start()
