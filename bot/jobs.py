@@ -3,13 +3,15 @@
 Users take turns: with three jobs from A and one from B queued, the order is A, B, A, A.
 Jobs are released to the backend while it reports free `capacity`; the local backend batches
 the compatible ones it holds. Every state change is written to the job store first, so a
-restart resumes queued and running jobs.
+restart resumes queued and running jobs; one already on the backend (it reported an
+`external_id`: a Redis entry, an API request) is re-attached to at once (`resume`).
 
 Delivery: a result is stored (status "generated") before it is posted, and the job is
 "delivered" only once its listener confirms the post; posting runs in a task of its own, so a
 Discord outage does not hold the backend's capacity. A stored result that was not posted before
 a shutdown or crash is posted after the restart (`settle`), and so is a failure not yet reported.
-A job that was running when the bot died `MAX_STARTS` times is not run again (`abandon`).
+A job that was running in the bot's own process (no `external_id`) when the bot died
+`MAX_STARTS` times is not run again (`abandon`).
 
 Capacity: a backend whose capacity changes (the remote queue, as GPU workers join and leave)
 signals it (`inference.port.CapacitySignal`); waiting jobs are released as soon as it grows.
@@ -272,9 +274,19 @@ class FairQueue:
         return self._enqueue(_Entry(record, listener))
 
     def resume(self, record: JobRecord, listener: JobListener) -> int:
-        """Queue a job found unfinished in the store after a restart (no limits, no new row).
-        The caller fails one that already ended the bot `MAX_STARTS` times instead."""
-        return self._enqueue(_Entry(record, listener))
+        """Queue a job found unfinished in the store after a restart (no limits, no new row);
+        its position (0: running).
+
+        A job with an `external_id` is on the backend already (a Redis entry, an API request): it
+        is re-attached at once, outside the capacity gate and the fair order, and counts among the
+        running jobs, so new jobs wait for its place. The caller fails a job without one (it ran
+        in the bot's own process) that already ended the bot `MAX_STARTS` times instead."""
+        entry = _Entry(record, listener)
+        if record.external_id is None or self._closing:
+            return self._enqueue(entry)
+        self._start(entry)
+        METRICS.queue_depth(len(self._waiting), len(self._running))
+        return 0
 
     def settle(self, record: JobRecord, listener: JobListener) -> None:
         """Show a stored outcome its user has not seen (found after a restart): post a
@@ -416,15 +428,19 @@ class FairQueue:
             self._waiting.remove(entry)
             self._released_tag = max(self._released_tag, entry.tag)
             self._last_served[entry.record.owner_id] = next(self._sequence)
-            self._running[entry.record.id] = entry
             METRICS.wait_seconds.observe(max(0.0, time.time() - entry.record.created_at))
-            entry.task = asyncio.create_task(self._run(entry), name=f"job-{entry.record.id}")
+            self._start(entry)
             released = True
         METRICS.queue_depth(len(self._waiting), len(self._running))
         if released:
             self._tell_positions()
         if self._waiting and not self._closing and self._backend.capacity <= 0:
             self._arm_no_worker()
+
+    def _start(self, entry: _Entry) -> None:
+        """Run the job: it is among the running jobs (taking its places) until it ends."""
+        self._running[entry.record.id] = entry
+        entry.task = asyncio.create_task(self._run(entry), name=f"job-{entry.record.id}")
 
     def _tell_positions(self) -> None:
         for index, waiting in enumerate(self._release_order(), start=1):
@@ -467,6 +483,7 @@ class FairQueue:
                 request=record.request,
                 init_image=record.init_image or b"",
                 external_id=record.external_id,
+                init_image_nsfw=record.init_image_nsfw,
             )
             runner = self._upscaler if record.kind == "upscale" else self._backend
             if runner is None:

@@ -5,7 +5,10 @@ Discord outage at start delays it without holding up the bot. Stored results not
 failures not yet reported, go out first; then unfinished jobs are queued again. Channels and users
 are looked up once each, retrying transient errors with backoff; only a definite 403/404 on a
 channel fails a job that has not run (its user is told where possible: by a direct message).
-A job that was running each of the last `MAX_STARTS` times the bot died is failed, not run again.
+Jobs already on a backend (an `external_id`: a Redis entry, an API request) are re-attached to
+first, so that the places they take on the backend are counted before other jobs are released.
+A job that ran in the bot's own process (no `external_id`) and was running each of the last
+`MAX_STARTS` times the bot died is failed, not run again; one on a backend runs elsewhere.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ async def resume_jobs(bot: Img2ImgBot, leftovers: Leftovers) -> int:
         if found is not None:
             bot.queue.settle(record, found[0])
     resumed = 0
-    for record in leftovers.unfinished:
+    on_backend_first = sorted(leftovers.unfinished, key=lambda r: r.external_id is None)
+    for record in on_backend_first:
         found = await _reporter(bot, places, record)
         if found is None:
             continue
@@ -60,7 +64,7 @@ async def resume_jobs(bot: Img2ImgBot, leftovers: Leftovers) -> int:
             log.warning("job %s: its channel answers %d; failing it", record.id, refused)
             error = JobFailure(messages.channel_unavailable(refused))
             bot.queue.abandon(record, reporter, error)
-        elif record.starts >= MAX_STARTS:
+        elif record.external_id is None and record.starts >= MAX_STARTS:
             log.warning("job %s: running at %d unexpected stops; failing it", record.id, MAX_STARTS)
             bot.queue.abandon(record, reporter, JobFailure(messages.crashed_too_often(MAX_STARTS)))
         else:

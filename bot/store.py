@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     kind TEXT NOT NULL DEFAULT 'img2img',
     cost INTEGER,
     result_message_id INTEGER,
-    style TEXT
+    style TEXT,
+    init_image_nsfw INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS job_images (
     job_id TEXT NOT NULL,
@@ -131,6 +132,8 @@ class JobRecord:
     """The message that shows the job's outcome (0: shown without one, e.g. privately)."""
     style: str | None = None
     """The server style applied to the prompt (`ServerStyle.name`); kept for display and rerolls."""
+    init_image_nsfw: bool = False
+    """The init image was flagged NSFW (an upscale's source image): `Job.init_image_nsfw`."""
 
 
 _ADDED_COLUMNS = {
@@ -141,6 +144,7 @@ _ADDED_COLUMNS = {
     "kind": "TEXT NOT NULL DEFAULT 'img2img'",
     "cost": "INTEGER",
     "style": "TEXT",
+    "init_image_nsfw": "INTEGER NOT NULL DEFAULT 0",
 }
 """Columns newer than the first schema, added to an older database when it is opened."""
 _ADDED_POLICY_COLUMNS = {
@@ -581,6 +585,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         external_id=row["external_id"],
         result_message_id=row["result_message_id"],
         style=row["style"],
+        init_image_nsfw=bool(row["init_image_nsfw"]),
     )
 
 
@@ -603,9 +608,10 @@ def _insert(conn: sqlite3.Connection, job: JobRecord) -> None:
         " created_at, seeds, message_id, style) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         row,
     )
-    if job.kind != "img2img" or job.cost is not None:
+    if job.kind != "img2img" or job.cost is not None or job.init_image_nsfw:
         conn.execute(
-            "UPDATE jobs SET kind = ?, cost = ? WHERE id = ?", (job.kind, job.cost, job.id)
+            "UPDATE jobs SET kind = ?, cost = ?, init_image_nsfw = ? WHERE id = ?",
+            (job.kind, job.cost, int(job.init_image_nsfw), job.id),
         )
 
 

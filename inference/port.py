@@ -49,6 +49,9 @@ class Job(BaseModel):
     external_id: str | None = None
     """The backend's own handle for this job (the API's request id), as it reported it in a
     `ProgressEvent` before a restart: a backend resumes that work instead of starting it again."""
+    init_image_nsfw: bool = False
+    """The init image was flagged NSFW. `UpscaleRunner` keeps its upscale flagged whatever the
+    detector scores (a backend's own checker may have flagged it); other backends ignore it."""
 
 
 class ProgressEvent(BaseModel):

@@ -368,3 +368,30 @@ async def test_a_running_upscale_takes_as_many_places_as_it_runs_tiles(store: Jo
     await asyncio.wait_for(recorders["up"].outcome, 5)
     await asyncio.wait_for(backend.wait_started(3), 5)
     assert sorted(backend.started[1:]) == ["b1", "c1"]  # then two ordinary jobs at once
+
+
+async def test_a_resumed_job_on_the_backend_is_reattached_at_once_and_keeps_its_place(
+    store: JobStore,
+) -> None:
+    """A job that reported an `external_id` before a restart is on the backend already: it runs
+    again at once, past the capacity gate and the fair order, holds its place (a new job waits
+    for it), and a cancel reaches the backend."""
+    backend = GatedBackend(capacity=1)
+    queue = FairQueue(backend, store, QueueLimits())
+    recorders = {job_id: Recorder() for job_id in ("r1", "r2", "q1", "n1")}
+    for job_id, owner in [("r1", 1), ("r2", 2), ("q1", 3)]:
+        rec = record(job_id, owner)
+        rec.external_id = None if job_id == "q1" else f"redis:{job_id}"
+        await store.add(rec)
+        assert queue.resume(rec, recorders[job_id]) == (1 if job_id == "q1" else 0)
+    await queue.submit(record("n1", 4), recorders["n1"])
+    await asyncio.wait_for(backend.wait_started(2), 5)
+    assert sorted(backend.started) == ["r1", "r2"]
+    assert [queue.position(j) for j in ("q1", "n1")] == [1, 2]
+    assert await queue.cancel("r2")
+    assert isinstance(await asyncio.wait_for(recorders["r2"].outcome, 5), Cancelled)
+    assert queue.position("q1") == 1  # r1 still holds the backend's one place
+    backend.gates.setdefault("r1", asyncio.Event()).set()
+    await asyncio.wait_for(backend.wait_started(3), 5)
+    assert backend.started[2] == "q1" and queue.position("n1") == 1
+    await queue.close(grace=0)

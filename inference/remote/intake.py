@@ -4,14 +4,16 @@ Entries that a dead worker left idle for 3/4 of the lease are taken over (XAUTOC
 often the job's workers stopped while running it (deliveries, less the ones a draining worker
 handed back). Otherwise new entries are read (XREADGROUP) with **model affinity**: jobs are on one
 stream per model lane (`keys.job_stream`), and a worker reads, in this order,
-1. the lanes of the models it has loaded (`prefer`, most recent first);
+1. any lane (its own and `img2img:jobs` included) whose oldest job has waited `affinity_wait`
+   seconds, oldest job first;
+2. the lanes of the models it has loaded (`prefer`, most recent first);
    Jobs that name no model (`img2img:jobs`) come right after: each worker runs them on its
    own default model, so any worker with room takes them;
-2. lanes that no other live worker with room to spare has loaded (from their heartbeats'
-   `lanes`, `running` and `capacity`, written at each job's start and end), oldest job first;
-3. the other lanes, once their oldest job has waited `affinity_wait` seconds.
+3. lanes that no other live worker with room to spare has loaded (from their heartbeats'
+   `lanes`, `running` and `capacity`, written at each job's start and end), oldest job first.
 This is delay scheduling: a job waits at most `affinity_wait` for a worker that has its model
-and room for it, and a worker never leaves a job waiting for a worker that is full. Reads are
+and room for it (then it goes ahead of every worker's own lanes' younger jobs), and a worker
+never leaves a job waiting for a worker that is full. Reads are
 non-blocking and sized to the room left, so a worker never holds more than it can run; when there
 is nothing for it, it waits for the next job's notice (`keys.NOTICES`) or one poll.
 `affinity_wait=0` turns affinity off: entries are read one at a time, the oldest of all lanes
@@ -149,20 +151,23 @@ class Intake:
 
     async def _read_by_affinity(self, free: int, prefer: Sequence[str]) -> list[Entry]:
         waiting = await self._retry(self._waiting, "looking for jobs")
-        mine = [stream for stream in prefer if stream in waiting]
-        if JOBS in waiting and JOBS not in mine:  # no model named: any worker's default will do
+        # Jobs that waited `affinity_wait` go first, oldest first, whoever has their model: so
+        # a backlog of this worker's own models' jobs holds no other job back for longer.
+        oldest_first = sorted(waiting, key=lambda s: -waiting[s])
+        late = [s for s in oldest_first if waiting[s] >= self.affinity_wait]
+        mine = [stream for stream in prefer if stream in waiting and stream not in late]
+        if JOBS in waiting and JOBS not in (*mine, *late):  # no model named: any default will do
             mine.append(JOBS)
-        rest = sorted((s for s in waiting if s not in mine), key=lambda s: -waiting[s])
+        rest = [s for s in oldest_first if s not in (*mine, *late)]
         taken = await self._retry(self._lanes_of_others, "reading heartbeats") if rest else set()
-        late = [s for s in rest if s in taken and waiting[s] >= self.affinity_wait]
-        order = [*mine, *(s for s in rest if s not in taken), *late]
+        order = [*late, *mine, *(s for s in rest if s not in taken)]
         found: list[Entry] = []
         for stream in order:
             if len(found) >= free:
                 break
             found += await self._read(stream, free - len(found))
         if not found:  # look again when a job comes, one is due, or the others may be full
-            early = [self.affinity_wait - waiting[s] for s in rest if s in taken and s not in late]
+            early = [self.affinity_wait - waiting[s] for s in rest if s in taken]
             wait = min(self.poll, *early, _OTHERS_TTL) if early else self.poll
             await self._retry(lambda: self._wait_for_notice(wait), "waiting")
         return found
@@ -267,7 +272,7 @@ class Intake:
         return found
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
-        return await persist(operation, cap=self._backoff, what=what)
+        return await persist(operation, cap=self._backoff, what=what, give_up_if_refused=True)
 
 
 async def unless_stopped(stop: asyncio.Event, work: asyncio.Future[Any]) -> bool:

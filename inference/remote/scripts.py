@@ -2,7 +2,8 @@
 
 Atomicity is what makes the promises hold: a job id is put on the stream once however often it is
 submitted; a result is stored once and the job acknowledged in the same step (never acknowledged
-without its result); a worker refreshes or gives back only entries it still owns.
+without its result); a worker refreshes or gives back only entries it still owns (none of a
+stream or group that Redis lost).
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ return stored
 
 _OWNED = """
 local function owned(entry)
-  return #redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1, ARGV[2]) > 0
+  local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], entry, entry, 1, ARGV[2])
+  return ok and #pending > 0
 end
 """
+"""Whether consumer ARGV[2] of group ARGV[1] holds `entry` of stream KEYS[1]; not where the stream
+or the group is missing (Redis lost its data): the job is no longer this worker's."""
 
 _REFRESH = (
     _OWNED

@@ -114,6 +114,7 @@ class RemoteBackend:
             self._watcher = asyncio.get_running_loop().create_task(
                 self._watch_workers(), name="remote-queue-workers"
             )
+            self._watcher.add_done_callback(_report_failure)
 
     async def _watch_workers(self) -> None:
         while not self._closed:
@@ -248,3 +249,9 @@ class RemoteBackend:
             await asyncio.wait({self._watcher}, timeout=self._refresh + 1.0)
         await self._webhooks.drain(timeout=30.0 if timeout is None else max(0.0, timeout))
         await self._redis.aclose()
+
+
+def _report_failure(watcher: asyncio.Task[None]) -> None:
+    """Say so when watching the workers failed: the capacity stays as last read (0 at first)."""
+    if not watcher.cancelled() and (error := watcher.exception()) is not None:
+        log.error("watching the workers' heartbeats failed, capacity stays as read: %r", error)

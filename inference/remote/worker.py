@@ -7,7 +7,9 @@ the compatible ones. While a job runs the worker keeps its lease alive (XCLAIM
 JUSTID every quarter lease): a live worker's slow job is never taken, a SIGKILLed worker's jobs are
 taken over within one lease. A job whose worker died `MAX_CRASHES` times is failed, not run again.
 The outcome is stored and the entry acknowledged in one step. On stop it drains: running jobs get
-the shutdown grace to finish, the rest are handed back for other workers to take at once.
+the shutdown grace to finish, the rest are handed back for other workers to take at once. A
+background duty (heartbeat, lease renewal, ...) that fails stops the worker (`WorkerFailed`) after
+handing its jobs back: without it the worker would run on with no leases.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ from inference.remote.heartbeat import WorkerInfo, clear_heartbeat, write_heartb
 from inference.remote.intake import Intake, unless_stopped
 from inference.remote.keys import CANCELS, MAX_CRASHES, job_key
 from inference.remote.publisher import ProgressPublisher
-from inference.remote.retry import persist
+from inference.remote.retry import RedisRefused, persist
 from inference.remote.runner import Outcome, outcome_fields, run_job
 from inference.remote.scripts import Scripts
 from inference.remote.wire import Fields, stream_entries
 
-__all__ = ["QueueWorker"]
+__all__ = ["QueueWorker", "WorkerFailed"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,38 +96,61 @@ class QueueWorker:
         """Connected to Redis and serving (its `/healthz`)."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve jobs until `stop` is set, then drain."""
-        group = self._retry(self._intake.ensure_group, "creating the consumer group")
-        if not await unless_stopped(stop, asyncio.ensure_future(group)):
+        """Serve jobs until `stop` is set, then drain. Raises `RedisRefused` when Redis refuses
+        the connection settings, `WorkerFailed` when one of its background duties failed (its
+        jobs are handed back first: without them it would run on with no leases)."""
+        group = asyncio.ensure_future(
+            self._retry(self._intake.ensure_group, "creating the consumer group")
+        )
+        if not await unless_stopped(stop, group):
             return  # stopped before Redis was ever reachable
+        group.result()  # raises what stopped it (Redis refuses the settings)
         self.ready = True
-        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        halt = asyncio.Event()  # `stop`, or a background duty failed
+        failed: list[asyncio.Task[None]] = []
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: halt.set())
         helpers = [
-            asyncio.create_task(coroutine)
-            for coroutine in (self._keep_leases(), self._watch_cancels(), self._publisher.run())
+            asyncio.create_task(coroutine, name=name)
+            for name, coroutine in (
+                ("heartbeat", self._heartbeat()),
+                ("lease renewal", self._keep_leases()),
+                ("cancellation watch", self._watch_cancels()),
+                ("progress reports", self._publisher.run()),
+            )
         ]
+        for helper in helpers:
+            helper.add_done_callback(partial(_supervise, failed, halt))
         log.info("worker %s serving jobs (capacity %d)", self.name, self._backend.capacity)
         try:
-            while not stop.is_set():
-                free = self._backend.capacity - len(self._running)
-                if free <= 0:
-                    await unless_stopped(stop, asyncio.ensure_future(self._freed.wait()))
-                    self._freed.clear()
-                    continue
-                entries = await self._intake.read(free, self._running, stop, self._lanes)
-                for stream, entry, fields, crashes in entries:
-                    self._start(stream, entry, fields, crashes)
+            await self._serve_until(halt)
             self._draining = True
             self.ready = False
-            heartbeat.cancel()
+            helpers[0].cancel()  # the heartbeat
             await self._try(clear_heartbeat(self._redis, self.name))  # capacity leaves at once
-            await self._drain()
+            await self._drain(0.0 if failed else self._grace)
         finally:
             self._closing = True
-            tasks = [heartbeat, *helpers, *(r.task for r in self._running.values() if r.task)]
+            tasks = [stopping, *helpers, *(r.task for r in self._running.values() if r.task)]
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=self._intake.poll + 2.0)
+        if failed:
+            cause = failed[0].exception()
+            if isinstance(cause, RedisRefused):
+                raise cause
+            raise WorkerFailed(f"its {failed[0].get_name()} failed: {cause!r}") from cause
+
+    async def _serve_until(self, halt: asyncio.Event) -> None:
+        while not halt.is_set():
+            free = self._backend.capacity - len(self._running)
+            if free <= 0:
+                await unless_stopped(halt, asyncio.ensure_future(self._freed.wait()))
+                self._freed.clear()
+                continue
+            entries = await self._intake.read(free, self._running, halt, self._lanes)
+            for stream, entry, fields, crashes in entries:
+                self._start(stream, entry, fields, crashes)
 
     # -- running jobs ----------------------------------------------------------------------------
 
@@ -203,7 +228,8 @@ class QueueWorker:
             self._announce.clear()
 
     async def _keep_leases(self) -> None:
-        """Refresh running entries every quarter lease; stop the ones another worker took."""
+        """Refresh running entries every quarter lease; stop the ones another worker took (or
+        that Redis lost: a restart without persistence, whose submitters submit them again)."""
         while not self._closing:
             await asyncio.sleep(self._lease / 4)
             runs = [run for run in self._running.values() if not run.released]
@@ -214,7 +240,7 @@ class QueueWorker:
             for run in runs:
                 key = (run.stream, run.entry)
                 if key not in kept and key in self._running:
-                    log.warning("job %s was taken over by another worker: stopping it", run.job_id)
+                    log.warning("job %s was taken over or lost by Redis: stopping it", run.job_id)
                     run.released = True
                     run.token.cancel()
 
@@ -240,12 +266,12 @@ class QueueWorker:
 
     # -- stopping --------------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
+    async def _drain(self, grace: float) -> None:
         """Give running jobs the grace to finish, then hand the rest back."""
         tasks = {run.task for run in self._running.values() if run.task is not None}
-        if tasks:
-            log.info("draining: %d running job(s), %.0f s grace", len(tasks), self._grace)
-            await asyncio.wait(tasks, timeout=self._grace)
+        if tasks and grace > 0:
+            log.info("draining: %d running job(s), %.0f s grace", len(tasks), grace)
+            await asyncio.wait(tasks, timeout=grace)
         left = [run for run in self._running.values() if not run.released]
         if not left:
             return
@@ -276,7 +302,22 @@ class QueueWorker:
         return True
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
-        return await persist(operation, cap=self._backoff, what=what)
+        return await persist(operation, cap=self._backoff, what=what, give_up_if_refused=True)
+
+
+class WorkerFailed(Exception):
+    """A background duty of the worker (heartbeat, lease renewal, ...) failed."""
+
+
+def _supervise(
+    failed: list[asyncio.Task[None]], halt: asyncio.Event, task: asyncio.Task[None]
+) -> None:
+    """A background duty ended: if it failed, log it and stop the worker (`halt`)."""
+    if task.cancelled() or (error := task.exception()) is None:
+        return
+    log.error("the worker's %s failed (%s): stopping the worker", task.get_name(), error)
+    failed.append(task)
+    halt.set()
 
 
 def _by_stream(runs: list[_Running]) -> dict[str, dict[str, str]]:

@@ -2,9 +2,11 @@
 
 The backend is the real one that `--backend` (or `IMG2IMG_BACKEND`) names, never the queue itself,
 with its own models file, device and batch size. Invalid settings, including a failed start-up
-check of that backend, exit 2 with one line on stderr; an unreachable Redis is not invalid: the
-worker waits for it. SIGTERM (or Ctrl-C) drains: running jobs get `IMG2IMG_SHUTDOWN_GRACE` seconds
-to finish, the rest go back to the queue for other workers; then exit 0.
+check of that backend and a Redis that refuses the password or database, exit 2 with one line on
+stderr; an unreachable Redis is not invalid: the worker waits for it. A failed background duty
+(heartbeat, lease renewal, ...) hands the jobs back and exits 1. SIGTERM (or Ctrl-C) drains:
+running jobs get `IMG2IMG_SHUTDOWN_GRACE` seconds to finish, the rest go back to the queue for
+other workers; then exit 0.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from inference.settings import InferenceSettings, InvalidSettings
 
 __all__ = ["add_parser", "main"]
 
-EXIT_OK, EXIT_INVALID = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 _DESCRIPTION = """\
 Serve image-to-image jobs from the Redis queue (IMG2IMG_QUEUE=redis://…) with this machine's
 backend. Run any number of workers on any number of machines; each announces its capacity."""
 _EPILOG = """\
 Exit status: 0 after SIGTERM or Ctrl-C (running jobs finish within IMG2IMG_SHUTDOWN_GRACE or go
-back to the queue), 2 for invalid settings (one line on stderr). An unreachable Redis is waited
-for. Settings: README.md (IMG2IMG_QUEUE, IMG2IMG_WORKER_LEASE, ...).
+back to the queue), 2 for invalid settings (one line on stderr; a password or database Redis
+refuses too), 1 when the worker failed. An unreachable Redis is waited for. Settings: README.md
+(IMG2IMG_QUEUE, IMG2IMG_WORKER_LEASE, ...).
 
 --backend here names the backend that runs the jobs. `python -m inference generate --backend`
 is ignored while IMG2IMG_QUEUE is a Redis URL: the job goes to the workers, which run it with
@@ -90,7 +93,8 @@ async def _serve(args: argparse.Namespace, stderr: TextIO) -> int:
     from inference.backends import create_inference_backend
     from inference.metrics import MetricsPortInUse, start_metrics_server
     from inference.remote.keys import connect
-    from inference.remote.worker import QueueWorker
+    from inference.remote.retry import RedisRefused
+    from inference.remote.worker import QueueWorker, WorkerFailed
     from inference.safety import OpenNsfwDetector
 
     remote = settings.remote
@@ -120,6 +124,12 @@ async def _serve(args: argparse.Namespace, stderr: TextIO) -> int:
         return EXIT_INVALID
     try:
         await worker.run(stop)
+    except RedisRefused as exc:  # a wrong password or database: invalid settings
+        print(f"error: {exc}", file=stderr)
+        return EXIT_INVALID
+    except WorkerFailed as exc:
+        log.error("worker %s stopped: %s", worker.name, exc)
+        return EXIT_FAILED
     finally:
         if metrics is not None:
             await metrics.cleanup()

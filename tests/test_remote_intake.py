@@ -1,0 +1,55 @@
+"""A worker's intake against a real Redis, driven directly (no worker processes): model affinity
+never holds a job back for longer than `affinity_wait`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis_server import RedisServer
+from remote_harness import make_job
+
+from inference.remote.intake import Intake
+from inference.remote.keys import GROUP, JOBS, connect, job_stream
+from inference.remote.scripts import Scripts
+from inference.remote.wire import job_fields
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 1.0  # affinity_wait
+
+
+async def test_a_backlog_of_the_loaded_models_jobs_holds_older_jobs_back_only_for_a_while(
+    redis_server: RedisServer,
+) -> None:
+    client = connect(redis_server.url, read_timeout=10.0)
+    scripts = Scripts(client)
+    mine, other = job_stream("model-x"), job_stream("model-y")
+    assert len({mine, other, JOBS}) == 3
+    intake = Intake(client, "w1", lease=1.0, backoff=0.2, affinity_wait=WAIT)
+    await intake.ensure_group()
+    submitted = 0
+
+    async def submit(job_id: str, stream: str) -> None:
+        await scripts.submit(job_id, stream, job_fields(make_job(job_id)))
+
+    async def submit_mine() -> None:  # another submitter keeps model X busy
+        nonlocal submitted
+        submitted += 1
+        await submit(f"x{submitted}", mine)
+
+    await submit("y-old", other)
+    await submit("plain-old", JOBS)
+    for _ in range(2):
+        await submit_mine()
+    read: list[str] = []
+    started = time.monotonic()
+    while not {"y-old", "plain-old"} <= set(read):  # a capacity-1 worker with model X loaded
+        assert time.monotonic() - started < WAIT + 3.0, f"older jobs held back: read {read}"
+        for stream, entry, fields, _ in await intake.read(1, set(), asyncio.Event(), [mine]):
+            read.append(fields[b"id"].decode())
+            await client.xack(stream, GROUP, entry)
+        await submit_mine()
+    assert read[0] == "x1"  # affinity still holds while the older jobs are young
+    await client.aclose()
