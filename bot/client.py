@@ -20,6 +20,7 @@ from bot.errors import report_unexpected
 from bot.jobs import JobQueue
 from bot.loads import ImageLoads
 from bot.present import JobReporter, Requester, ViewFactory
+from bot.preview_policy import previews_shown
 from bot.result_check import checked_result
 from bot.resume import Leftovers, resume_jobs
 from bot.store import JobStore
@@ -181,10 +182,10 @@ class Img2ImgBot(commands.AutoShardedBot):
             await self.store.update(job_id, message_id=message_id)
 
         async def previews() -> bool:
-            """The server's switch for live previews (always on in DMs)."""
+            """Whether this job's live previews are shown (`bot.preview_policy`)."""
             guild = getattr(channel, "guild", None)
             guild_id = guild.id if guild is not None else getattr(channel, "guild_id", None)
-            return guild_id is None or (await self.store.guild_policy(guild_id)).previews
+            return await previews_shown(self.store, job_id, guild_id)
 
         return JobReporter(
             note=note,

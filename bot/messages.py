@@ -43,6 +43,7 @@ __all__ = [
     "NO_WORKER_ONLINE",
     "ONLY_OWN_RECORDS",
     "PROMPT_BLOCKED",
+    "PROMPT_BLOCKED_ON_REUSE",
     "RECORD_GONE",
     "SAFETY_STAYS_ON",
     "SERVERS_ONLY",
@@ -79,6 +80,8 @@ __all__ = [
     "result_footer",
     "result_undeliverable",
     "style_bad_name",
+    "style_blocked",
+    "style_leaves_room",
     "style_line",
     "style_removed",
     "style_saved",
@@ -392,6 +395,20 @@ STYLE_NEEDS_ONE_PLACEHOLDER = (
 PROMPT_BLOCKED = (
     "This server doesn't allow some of the words in your prompt. Change the prompt and try again."
 )
+PROMPT_BLOCKED_ON_REUSE = (
+    "This server's filter now blocks some of the words in this job's prompt, so it can't be run"
+    " again as it is. Use Remix (or Use N, to start from one of its images) to change the prompt."
+)
+
+
+def style_blocked(style: str) -> str:
+    return (
+        f"This server's filter blocks some of the words in the template of style `{style}`, so"
+        " it can't be used now. Ask a server admin to change the style or the filter, or choose"
+        " another style."
+    )
+
+
 ENHANCED_PROMPT_BLOCKED = (
     "The prompt this job ran with contains words this server doesn't allow (`enhance_prompt` "
     "may have added them), so its images were not posted. Try another prompt, or turn "
@@ -408,6 +425,13 @@ def style_bad_name(limit: int) -> str:
 
 def style_too_long(part: str, limit: int, length: int) -> str:
     return f"The style's {part} has {length} characters; the limit is {limit}. Shorten it."
+
+
+def style_leaves_room(style: str, part: str, room: int, length: int) -> str:
+    return (
+        f"With style `{style}` your {part} may have at most {room} characters (the style adds"
+        f" the rest); yours has {length}. Shorten it, or choose another style."
+    )
 
 
 def styles_full(limit: int) -> str:
@@ -431,13 +455,26 @@ def no_such_style(name: str, names: Sequence[str]) -> str:
     return f"This server has no style `{name}`. Styles: {', '.join(names)}."
 
 
-def styles_list(lines: Sequence[str], limit: int) -> str:
-    return f"**Styles** ({len(lines)} of {limit}):\n" + "\n".join(lines)
+def styles_list(
+    styles: Sequence[tuple[str, str, str | None]], limit: int, max_chars: int = 2000
+) -> str:
+    """Every style (name, template, negative prompt) on a line, in one message of `max_chars`:
+    the template and negative previews are cut shorter until all the lines fit."""
+    header = f"**Styles** ({len(styles)} of {limit}):\n"
+    for room in range(150, -1, -1):
+        text = header + "\n".join(style_line(*style, room=room) for style in styles)
+        if len(text) <= max_chars:
+            break
+    return text
 
 
-def style_line(name: str, template: str, negative: str | None) -> str:
-    line = f"- `{name}`: {_shorten(template, 150)}"
-    return line + (f" · negative: {_shorten(negative, 80)}" if negative else "")
+def style_line(name: str, template: str, negative: str | None, room: int = 150) -> str:
+    """The style's name with up to `room` characters of its template (and about half that of its
+    negative prompt); the name alone when `room` is 0."""
+    if room <= 0:
+        return f"- `{name}`"
+    line = f"- `{name}`: {_shorten(template, room)}"
+    return line + (f" · negative: {_shorten(negative, max(1, room // 2))}" if negative else "")
 
 
 def _shorten(text: str, limit: int) -> str:

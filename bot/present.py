@@ -225,7 +225,7 @@ class JobReporter:
         check: Callable[[Img2ImgResult], Awaitable[Img2ImgResult]] | None = None,
         previews: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
-        """`previews`: whether the job's live previews may be shown (the server's switch),
+        """`previews`: whether the job's live previews may be shown (`bot.preview_policy`),
         asked at the first preview; None: they are not shown."""
         self.job_id = job_id
         self._check = check  # vets the result before it is posted (`bot.result_check`)

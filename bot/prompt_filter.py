@@ -1,7 +1,8 @@
 """A server's prompt filter: blocked words and phrases, matched on word boundaries.
 
-Both sides are normalised the same way before matching: Unicode compatibility forms folded
-(full-width letters, ligatures), accents and invisible format characters dropped, case folded.
+Both sides are folded the same way before matching (`bot.look_alikes`): Unicode compatibility
+forms (full-width letters, ligatures), accents, combining marks and invisible characters dropped,
+Cyrillic and Greek look-alikes of Latin letters read as those letters, case folded.
 A blocked entry matches whole words only ("cat" does not block "category"); the words of a
 phrase may be separated by any run of spaces or punctuation ("red fox" blocks "Red, fox").
 Underscores count as separators, as in tag-style prompts ("red_fox"). Scripts written without
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from collections.abc import Iterable
 
 from bot import messages
+from bot.look_alikes import fold, letter_pattern
 
 __all__ = [
     "MAX_BLOCKED_ENTRIES",
@@ -37,15 +38,6 @@ class BlockedWordsError(ValueError):
     """A blocked-words list a server cannot have; the message says what to change."""
 
 
-def normalise(text: str) -> str:
-    """The form both prompts and blocked entries are compared in."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    kept = (
-        c for c in decomposed if not unicodedata.combining(c) and unicodedata.category(c) != "Cf"
-    )
-    return "".join(kept).casefold()
-
-
 def parse_blocked_words(text: str) -> tuple[str, ...]:
     """`"Foo, bar baz ,,"` → `("foo", "bar baz")`: comma-separated entries, trimmed, spaces
     collapsed, lower-cased, duplicates and empty entries dropped; `-` alone clears the list.
@@ -59,7 +51,7 @@ def parse_blocked_words(text: str) -> tuple[str, ...]:
             continue
         if len(entry) > MAX_ENTRY_CHARS:
             raise BlockedWordsError(messages.blocked_entry_too_long(MAX_ENTRY_CHARS, entry[:20]))
-        if not re.search(_LETTER, normalise(entry)):
+        if not re.search(_LETTER, fold(entry)):
             raise BlockedWordsError(messages.BLOCKED_ENTRY_NEEDS_A_LETTER)
         entries.append(entry)
     if len(entries) > MAX_BLOCKED_ENTRIES:
@@ -71,11 +63,11 @@ def parse_blocked_words(text: str) -> tuple[str, ...]:
 def _pattern(blocked: tuple[str, ...]) -> re.Pattern[str] | None:
     alternatives = []
     for entry in blocked:
-        words = [w for w in re.split(_SEPARATOR, normalise(entry)) if w]
+        words = [w for w in re.split(_SEPARATOR, fold(entry)) if w]
         if words:
             before = "" if _UNSPACED.match(words[0][0]) else f"(?<!{_LETTER})"
             after = "" if _UNSPACED.match(words[-1][-1]) else f"(?!{_LETTER})"
-            body = _SEPARATOR.join(re.escape(w) for w in words)
+            body = _SEPARATOR.join("".join(map(letter_pattern, w)) for w in words)
             alternatives.append(f"{before}{body}{after}")
     if not alternatives:
         return None
@@ -99,6 +91,5 @@ def is_blocked(prompt: str, blocked: Iterable[str]) -> bool:
     pattern = _pattern(tuple(blocked))
     if pattern is None:
         return False
-    return any(
-        pattern.search(normalise(text)) is not None for text in (prompt, without_emphasis(prompt))
-    )
+    texts = (prompt, without_emphasis(prompt))
+    return any(pattern.search(fold(text)) is not None for text in texts)

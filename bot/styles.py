@@ -15,6 +15,7 @@ from typing import Any
 
 from bot import messages
 from bot.store import ServerStyle
+from inference.request import MAX_PROMPT_CHARS
 
 __all__ = [
     "MAX_NAME",
@@ -70,10 +71,24 @@ def find_style(styles: Sequence[ServerStyle], name: str) -> ServerStyle:
 def apply_style(
     style: ServerStyle, prompt: str, negative_prompt: str | None
 ) -> tuple[str, str | None]:
-    """The prompt and negative prompt with `style` applied."""
-    styled = style.template.replace(PLACEHOLDER, prompt.strip())
-    negatives = [n.strip() for n in (negative_prompt, style.negative_prompt) if n and n.strip()]
-    return styled, ", ".join(negatives) or None
+    """The prompt and negative prompt with `style` applied; raises `StyleRefused` when either
+    comes out past the request's limit, saying how long the user's own text may be."""
+    own = prompt.strip()
+    styled = style.template.replace(PLACEHOLDER, own)
+    _check_room(style, "prompt", own, len(styled) - len(own))
+    own_negative = (negative_prompt or "").strip()
+    negatives = [n for n in (own_negative, style.negative_prompt) if n]
+    joined = ", ".join(negatives) or None
+    if joined is not None and own_negative:
+        _check_room(style, "negative prompt", own_negative, len(joined) - len(own_negative))
+    return styled, joined
+
+
+def _check_room(style: ServerStyle, part: str, own: str, added: int) -> None:
+    """Refuse `own` text that, with the `added` characters of the style, is too long."""
+    if len(own) + added > MAX_PROMPT_CHARS:
+        room = max(0, MAX_PROMPT_CHARS - added)
+        raise StyleRefused(messages.style_leaves_room(style.name, part, room, len(own)))
 
 
 def unapply_style(

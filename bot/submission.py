@@ -25,7 +25,7 @@ from bot.loads import ImageLoads
 from bot.prompt_filter import is_blocked
 from bot.replies import answer_privately, defer_thinking
 from bot.store import GuildPolicy, JobRecord
-from bot.styles import StyleRefused, style_body
+from bot.styles import StyleRefused, style_body, unapply_style
 from inference import Img2ImgRequest, InvalidImage, InvalidRequest
 from inference.images import decode_image, fetch_image
 
@@ -164,13 +164,46 @@ async def _policy(bot: Img2ImgBot, guild_id: int | None) -> GuildPolicy:
     return GuildPolicy() if guild_id is None else await bot.store.guild_policy(guild_id)
 
 
-async def prompt_refused(interaction: discord.Interaction[Img2ImgBot], prompt: str) -> bool:
-    """Refuse (privately) a prompt the server's filter blocks; True when it was refused."""
-    policy = await _policy(interaction.client, interaction.guild_id)
-    if not is_blocked(prompt, policy.blocked_words):
+async def prompt_refused(
+    interaction: discord.Interaction[Img2ImgBot],
+    prompt: str,
+    *,
+    style: str | None = None,
+    own_prompt: str | None = None,
+) -> bool:
+    """Refuse (privately) a prompt the server's filter blocks; True when it was refused.
+
+    `style`: the style applied to `prompt`; `own_prompt`: the user's prompt before it (else
+    recovered from `prompt` while the server's style is unchanged). When only the style's words
+    are blocked, the refusal says so; on a button (Reroll, Vary, Upscale), which has no prompt to
+    edit, it points at Remix. The list itself is never shown."""
+    bot = interaction.client
+    blocked = (await _policy(bot, interaction.guild_id)).blocked_words
+    if not is_blocked(prompt, blocked):
         return False
-    await _respond(interaction, messages.PROMPT_BLOCKED)  # the list itself is never shown
+    if style is not None and own_prompt is None:
+        own_prompt = await _own_prompt(bot, interaction.guild_id, style, prompt)
+    if own_prompt is not None and style is not None and not is_blocked(own_prompt, blocked):
+        text = messages.style_blocked(style)
+    elif interaction.type is discord.InteractionType.component:
+        text = messages.PROMPT_BLOCKED_ON_REUSE
+    else:
+        text = messages.PROMPT_BLOCKED
+    await _respond(interaction, text)
     return True
+
+
+async def _own_prompt(
+    bot: Img2ImgBot, guild_id: int | None, style_name: str, prompt: str
+) -> str | None:
+    """The user's prompt inside `prompt`, styled with the server's style `style_name`; None when
+    the server no longer has that style unchanged."""
+    styles = await bot.store.styles(guild_id) if guild_id is not None else ()
+    for style in styles:
+        if style.name == style_name:
+            own = unapply_style(style, prompt, style.negative_prompt)
+            return own[0] if own is not None else None
+    return None
 
 
 async def _respond(interaction: discord.Interaction[Img2ImgBot], text: str) -> None:
@@ -235,12 +268,14 @@ async def submit_job(
     """
     bot = interaction.client
     body, note = await _apply_channel_policy(bot, interaction, body)
+    own_prompt = None if applied_style is not None else str(body.get("prompt") or "")
     try:
         body, style = await _styled(bot, interaction.guild_id, body, applied_style)
     except StyleRefused as exc:
         await _respond(interaction, str(exc))
         return None
-    if await prompt_refused(interaction, str(body.get("prompt") or "")):
+    prompt = str(body.get("prompt") or "")
+    if await prompt_refused(interaction, prompt, style=style, own_prompt=own_prompt):
         return None
     if source.url is not None and source.attachment is None and source.data is None:
         # A user's link is checked here and kept as the job's provenance; an attachment's signed

@@ -117,7 +117,8 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
             "track_id": None,
         }
     )
-    if await prompt_refused(interaction, request.prompt):  # the filter may have changed since
+    # the filter may have changed since
+    if await prompt_refused(interaction, request.prompt, style=target.record.style):
         return
     request = await with_current_policy(interaction, request)
     thinking_id = await defer_thinking(interaction)
@@ -140,6 +141,7 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
         kind="upscale",
         cost=tiles,
         style=target.record.style,
+        init_image_nsfw=image.nsfw,  # the source's flag holds, whatever the detector sees
     )
     try:
         await enqueue(interaction, record, refusal_note=cost)

@@ -104,9 +104,9 @@ class StylesCog(commands.GroupCog, group_name="img2img-style"):
         if not styles:
             text = messages.NO_STYLES
         else:
-            lines = [messages.style_line(s.name, s.template, s.negative_prompt) for s in styles]
-            text = messages.styles_list(lines, MAX_STYLES)
-        await interaction.response.send_message(text[:2000], ephemeral=True)
+            entries = [(s.name, s.template, s.negative_prompt) for s in styles]
+            text = messages.styles_list(entries, MAX_STYLES)
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: Img2ImgBot) -> None:

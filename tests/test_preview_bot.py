@@ -1,7 +1,7 @@
 """Live previews in Discord: the real bot on the loopback Discord, the local backend on the tiny
 model with a preview after every step. The progress message gets the preview as an attachment
 (blurred where the safety checker is on), the result replaces it, and a server that turned
-previews off gets none."""
+previews off gets none, nor does a job whose prompt is enhanced in a server with a prompt filter."""
 
 from __future__ import annotations
 
@@ -142,6 +142,20 @@ async def test_no_previews_where_the_server_turned_them_off(
     assert len(progress_edits(done)) >= 2  # progress was shown, step by step
     assert previews(done) == []
     assert all(len(r.attachments) == 0 for r in done.revisions if not is_result(r))
+
+
+async def test_no_previews_of_an_enhanced_prompt_where_the_server_blocks_words(
+    fake_discord: FakeDiscord, bot: Any
+) -> None:
+    """The prompt `enhance_prompt` makes is checked only with the result: until then nothing
+    made from it shows (bot.preview_policy)."""
+    fake = fake_discord
+    await bot.store.set_guild_policy(fake.world.guild.id, GuildPolicy(blocked_words=("nude",)))
+    plain = await run_job(fake, fake.world.nsfw, safety_checker="no")
+    enhanced = await run_job(fake, fake.world.nsfw, safety_checker="no", enhance_prompt="yes")
+    assert previews(plain)  # a block list alone does not hide previews
+    assert len(progress_edits(enhanced)) >= 2
+    assert previews(enhanced) == []
 
 
 async def test_a_cancelled_job_leaves_no_preview_behind(

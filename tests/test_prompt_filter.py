@@ -99,3 +99,39 @@ def test_emphasis_brackets_do_not_hide_a_blocked_word(prompt: str) -> None:
 def test_emphasis_alone_blocks_nothing_more() -> None:
     assert not is_blocked("a (red:1.1) dog, [denuded] hills", ("nude", "red fox"))
     assert is_blocked("a (red:1.1) fox", ("red fox",))  # read as the model reads it
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "nud\u0435",  # Cyrillic small ie for "e"
+        "n\u0443de",  # Cyrillic small u for "u" (it looks like "y")
+        "NUD\u0415",  # Cyrillic capital ie
+        "\u039d\u03c5de",  # Greek capital nu, small upsilon
+        "nu\u034fde",  # combining grapheme joiner (a mark that shows nothing)
+        "nu\u3164de",  # Hangul filler
+        "nu\u115fde",  # Hangul choseong filler
+        "nu\ufe0fde",  # variation selector
+        "nu\U000e0041de",  # tag character
+        "a (n\u0443d\u0435:1.2) woman",
+    ],
+)
+def test_look_alike_and_invisible_letters_do_not_hide_a_blocked_word(prompt: str) -> None:
+    assert is_blocked(prompt, ("nude",))
+
+
+def test_a_letter_read_two_ways_matches_either_word() -> None:
+    assert is_blocked("s\u0435x\u0443", ("sexy",))  # Cyrillic "у" as the "y" it looks like
+    assert is_blocked("a cute r\u0435d fox", ("red fox",))
+    assert is_blocked("nude", ("n\u0443d\u0435",))  # an entry typed with look-alikes
+
+
+def test_russian_and_greek_prompts_are_not_read_as_english_words() -> None:
+    english = ("nude", "sex", "cat", "hot", "cock", "ass", "gore", "blood", "red fox", "kill")
+    russian = "Красивый закат над морем, кот на крыше, сосна и озеро, хорошо"
+    greek = "Ένα όμορφο ηλιοβασίλεμα πάνω από τη θάλασσα, μια γάτα στο σπίτι"
+    assert not is_blocked(russian, english)
+    assert not is_blocked(greek, english)
+    assert is_blocked(russian, ("кот",)) and is_blocked("КОТ!", ("кот",))
+    assert not is_blocked(russian, ("кошка", "кото"))
+    assert is_blocked(greek, ("γάτα",)) and not is_blocked(greek, ("γατα στον",))

@@ -41,12 +41,13 @@ async def settings(fake: FakeDiscord, user: Any, **options: Any) -> str:
     return str(answer.data["content"])
 
 
-async def assert_refused(handle: Any) -> None:
+async def assert_refused(handle: Any, says: str = messages.PROMPT_BLOCKED) -> None:
     """Refused as the first, ephemeral response: before any acknowledgement or queueing."""
     answer = await handle.wait_response()
     assert answer.ephemeral and answer.type == 4
-    assert answer.data["content"] == messages.PROMPT_BLOCKED
+    assert answer.data["content"] == says
     assert SECRET_PHRASE not in answer.data["content"]
+    assert "watercolor" not in answer.data["content"]  # nor the words of the list
 
 
 async def test_only_manage_server_sets_the_filter_and_an_empty_value_clears_it(
@@ -79,16 +80,20 @@ async def test_blocked_prompts_are_refused_on_every_path_and_nothing_is_queued(
     member, admin = fake.world.bob, fake.world.alice
     first = await slash(fake, user=member, prompt="a red fox in the snow", seed=1)
     done = await first.wait_original(has_images(1), timeout=WAIT)
-    await settings(fake, admin, blocked_words=f"fox, {SECRET_PHRASE}, watercolor")
-
-    await assert_refused(await slash(fake, user=member, prompt="A RED FOX!"))
-    await assert_refused(await slash(fake, user=member, prompt=f"a {SECRET_PHRASE.upper()}"))
-    # the style is applied first: its words count
     add = await fake.slash_command(
         "img2img-style add", {"name": "wc", "prompt": "{prompt}, watercolor"}, user=admin
     )
     await add.wait_response()
-    await assert_refused(await slash(fake, user=member, prompt="a dog", style="wc"))
+    styled = await slash(fake, user=member, prompt="a dog", style="wc", seed=2)
+    styled_done = await styled.wait_original(has_images(1), timeout=WAIT)
+    await settings(fake, admin, blocked_words=f"fox, {SECRET_PHRASE}, watercolor")
+
+    await assert_refused(await slash(fake, user=member, prompt="A RED FOX!"))
+    await assert_refused(await slash(fake, user=member, prompt=f"a {SECRET_PHRASE.upper()}"))
+    # the style is applied first: its words count, and the refusal says the style is blocked
+    style_blocked = messages.style_blocked("wc")
+    await assert_refused(await slash(fake, user=member, prompt="a dog", style="wc"), style_blocked)
+    await assert_refused(await slash(fake, user=member, prompt="a fox", style="wc"))
     # the negative prompt is not filtered; words that merely contain a blocked one pass
     allowed = await slash(fake, user=member, prompt="foxglove", negative_prompt="a fox")
     await allowed.wait_original(has_images(1), timeout=WAIT)
@@ -103,14 +108,18 @@ async def test_blocked_prompts_are_refused_on_every_path_and_nothing_is_queued(
     remix = await fake.click(done, label="Remix", user=member)
     await remix.wait_response()
     await assert_refused(await fake.submit_modal(remix, {"Prompt": "a fox again"}))
-    await assert_refused(await fake.click(done, label="Reroll", user=member))
-    await assert_refused(await fake.click(done, label="Upscale 1", user=member))
-    await assert_refused(await fake.click(done, label="Vary (subtle) 1", user=member))
+    # buttons have no prompt to edit: they point at Remix
+    reused = messages.PROMPT_BLOCKED_ON_REUSE
+    await assert_refused(await fake.click(done, label="Reroll", user=member), reused)
+    await assert_refused(await fake.click(done, label="Upscale 1", user=member), reused)
+    await assert_refused(await fake.click(done, label="Vary (subtle) 1", user=member), reused)
+    for label in ("Reroll", "Upscale 1", "Vary (strong) 1"):  # only the style's words are blocked
+        await assert_refused(await fake.click(styled_done, label=label, user=member), style_blocked)
 
     records = await bot.store.recent_for_user(member.id)
-    assert len(records) == 2  # the first job and the allowed one: no refusal was stored
+    assert len(records) == 3  # the first jobs and the allowed one: no refusal was stored
     assert bot.queue.pending_for(member.id) == 0
-    assert len([m for m in fake.messages(fake.world.general) if m.attachments]) == 3
+    assert len([m for m in fake.messages(fake.world.general) if m.attachments]) == 4
 
 
 async def test_a_prompt_blocked_after_enhance_prompt_fails_without_posting_images(

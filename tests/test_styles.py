@@ -88,6 +88,20 @@ def test_an_unknown_style_name_is_refused_with_the_servers_styles() -> None:
     assert style_body((), {"prompt": "a fox"}) == ({"prompt": "a fox"}, None)
 
 
+def test_a_style_that_makes_a_prompt_too_long_says_how_long_yours_may_be() -> None:
+    template = "{prompt}" + ", ink wash" * 40  # adds 400 characters
+    style = new_style("ink", template, "blurry, " * 60)  # a negative of 479 (+ ", " joining)
+    ok = apply_style(style, "a" * 1600, "b" * 1519)  # exactly at the limits
+    assert [len(text or "") for text in ok] == [2000, 2000]
+    with pytest.raises(StyleRefused) as prompt:
+        style_body([style], {"prompt": "a" * 1800, "style": "ink"})
+    assert str(prompt.value) == messages.style_leaves_room("ink", "prompt", 1600, 1800)
+    assert "With style `ink` your prompt may have at most 1600 characters" in str(prompt.value)
+    with pytest.raises(StyleRefused) as negative:
+        style_body([style], {"prompt": "a fox", "negative_prompt": "b" * 1600, "style": "ink"})
+    assert str(negative.value) == messages.style_leaves_room("ink", "negative prompt", 1519, 1600)
+
+
 @pytest.mark.parametrize(
     "text", ["a fox\nNegative prompt: a cat\nSteps: 5, Seed: 3", "東京\nSteps: 5"]
 )
@@ -241,6 +255,12 @@ async def test_unknown_styles_are_refused_before_anything_is_queued(
     answer = await (await slash(fake, user=member, style="pastel")).wait_response()
     assert answer.ephemeral and answer.type == 4  # refused before the acknowledgement
     assert answer.data["content"] == messages.no_such_style("pastel", [])
+    style = new_style("ink", "{prompt}" + ", ink wash" * 40)
+    assert await bot.store.put_style(fake.world.guild.id, style, MAX_STYLES)
+    long = await slash(fake, user=member, style="ink", prompt="a" * 1800)
+    answer = await long.wait_response()
+    assert answer.ephemeral and answer.type == 4
+    assert answer.data["content"] == messages.style_leaves_room("ink", "prompt", 1600, 1800)
     in_dm = await slash(fake, user=member, channel=fake.world.dm(member), style="pastel")
     assert (await in_dm.wait_response()).data["content"] == messages.STYLES_IN_SERVERS_ONLY
     assert await bot.store.recent_for_user(member.id) == []
@@ -260,3 +280,21 @@ async def test_a_server_holds_at_most_25_styles(fake_discord: FakeDiscord, bot: 
     assert len(styles) == MAX_STYLES and styles[0] == ServerStyle("s0", "new {prompt}")
     listed = await command(fake, "list", fake.world.bob)
     assert listed.startswith(f"**Styles** ({MAX_STYLES} of {MAX_STYLES})")
+
+
+async def test_the_list_shows_every_style_of_a_full_server_in_one_message(
+    fake_discord: FakeDiscord, bot: Img2ImgBot
+) -> None:
+    """25 styles with the longest names and long templates (about 7,000 characters in full):
+    every name is listed, the previews are cut shorter to fit one message."""
+    guild = fake_discord.world.guild.id
+    names = [f"style-{n:02d}-".ljust(MAX_NAME, "x") for n in range(MAX_STYLES)]
+    template = "{prompt}, " + "watercolor painting, soft light, " * 14
+    negative = "blurry, lowres, " * 31
+    for name in names:
+        assert await bot.store.put_style(guild, new_style(name, template, negative), MAX_STYLES)
+    listed = await command(fake_discord, "list", fake_discord.world.bob)
+    assert len(listed) <= 2000
+    assert listed.startswith(f"**Styles** ({MAX_STYLES} of {MAX_STYLES})")
+    assert all(f"- `{name}`" in listed for name in names)
+    assert listed.count(": {prompt}, wat") == listed.count("negative: blur") == MAX_STYLES

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from test_local_backend import FakeDetector
 
 from bot.store import JobRecord, JobStore
 from inference import Img2ImgRequest, Img2ImgResult
@@ -242,6 +243,24 @@ async def test_cancelling_an_upscale_stops_its_tiles() -> None:
         await asyncio.wait_for(task, 10)
 
 
+async def test_a_flagged_source_keeps_its_upscale_flagged_and_censored() -> None:
+    """The source was flagged (by a backend's own checker, or near the threshold); the detector
+    scores the upscale below it: the flag still holds and the image is censored."""
+    runner = UpscaleRunner(
+        EchoBackend(),
+        detector=FakeDetector(0.3),
+        threshold=0.5,
+        tiling=Tiling(max_tile=80, overlap=32),
+    )
+    job = upscale_job(safety_checker="yes", safety_checker_type="black")
+    flagged = job.model_copy(update={"init_image_nsfw": True})
+    result = await runner.generate(flagged, lambda e: None, CancelToken())
+    assert result.nsfw_content_detected == [True] and result.images[0].original is not None
+    assert pixels(result.images[0].data).max() == 0  # black, as the request says
+    clean = await runner.generate(job, lambda e: None, CancelToken())
+    assert clean.nsfw_content_detected == [False]
+
+
 # -- the uncensored original ----------------------------------------------------------------------
 
 
@@ -304,11 +323,15 @@ async def test_the_store_keeps_the_original_and_counts_an_upscale_by_its_tiles(
             request=request,
             kind="upscale",
             cost=4,
+            init_image_nsfw=True,
         )
         await store.add(upscale)
         assert await store.count_since(0, owner_id=1) == 2 + 4
         stored = await store.get("b" * 12)
         assert stored is not None and (stored.kind, stored.cost) == ("upscale", 4)
+        assert stored.init_image_nsfw  # kept for a resumed upscale
+        plain = await store.get("a" * 12)
+        assert plain is not None and not plain.init_image_nsfw
         result = finished(True)
         await store.save_result("a" * 12, result)
         again = await store.result("a" * 12)

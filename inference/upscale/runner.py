@@ -5,7 +5,8 @@ tiles, and each tile refined by an ordinary img2img job at low strength with the
 negative prompt and seed. The tiles go to the backend together (the local backend batches them;
 the remote queue spreads them over workers), with ids derived from the job's id so that a resumed
 upscale resumes its tiles. The blended image then gets the post-processing of every job
-(detection, censoring, encoding) with the job's own safety settings.
+(detection, censoring, encoding) with the job's own safety settings; a source flagged NSFW
+(`Job.init_image_nsfw`) keeps its upscale flagged, so it is censored as the request says.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class UpscaleRunner:
             upscale=self.tiling.scale,
             tiles=len(plan.tiles),
         )
-        flagged = [any(flag for r in results for flag in r.nsfw_content_detected)]
+        tiles_flagged = any(flag for r in results for flag in r.nsfw_content_detected)
+        flagged = [job.init_image_nsfw or tiles_flagged]
         images = finish_images(
             [blended],
             request,
