@@ -4,16 +4,21 @@ Entries that a dead worker left idle for 3/4 of the lease are taken over (XAUTOC
 often the job's workers stopped while running it (deliveries, less the ones a draining worker
 handed back). Otherwise new entries are read (XREADGROUP) with **model affinity**: jobs are on one
 stream per model lane (`keys.job_stream`), and a worker reads, in this order,
-1. any lane (its own and `img2img:jobs` included) whose oldest job has waited `affinity_wait`
-   seconds, oldest job first;
-2. the lanes of the models it has loaded (`prefer`, most recent first);
-   Jobs that name no model (`img2img:jobs`) come right after: each worker runs them on its
-   own default model, so any worker with room takes them;
+1. lanes whose oldest job has waited `affinity_wait` seconds and that no other live worker has
+   loaded (nobody else would take them soon), and `img2img:jobs` once its oldest job has
+   waited as long, oldest job first;
+2. the lanes of the models it has loaded (`prefer`), oldest job first (switching between loaded
+   models costs no load, and a backlog of one of them holds no other back for good); jobs that
+   name no model (`img2img:jobs`) come right after: each worker runs them on its own default
+   model, so any worker with room takes them;
 3. lanes that no other live worker with room to spare has loaded (from their heartbeats'
-   `lanes`, `running` and `capacity`, written at each job's start and end), oldest job first.
+   `lanes`, `running` and `capacity`, written at each job's start and end), oldest job first;
+4. the other lanes, once their oldest job has waited `affinity_wait` seconds.
 This is delay scheduling: a job waits at most `affinity_wait` for a worker that has its model
-and room for it (then it goes ahead of every worker's own lanes' younger jobs), and a worker
-never leaves a job waiting for a worker that is full. Reads are
+and room for it, and a worker never leaves a job waiting for a worker that is full. A job is
+never held back for good: a live worker that has its model loaded reads its lanes oldest first,
+and a job whose model no live worker has goes ahead of every worker's own backlog once it
+waited `affinity_wait`. Reads are
 non-blocking and sized to the room left, so a worker never holds more than it can run; when there
 is nothing for it, it waits for the next job's notice (`keys.NOTICES`) or one poll.
 `affinity_wait=0` turns affinity off: entries are read one at a time, the oldest of all lanes
@@ -86,7 +91,7 @@ class Intake:
         self._min_idle_ms = max(1, int(lease * 750))
         self._claim_cursors = dict.fromkeys(STREAMS, "0-0")
         self._notice_cursor = "0-0"
-        self._others: tuple[float, set[str]] = (float("-inf"), set())
+        self._others: tuple[float, set[str], set[str]] = (float("-inf"), set(), set())
         self._next_claim = float("-inf")  # when to look for a dead worker's entries again
         self._waiting_script = redis.register_script(_WAITING)
 
@@ -151,23 +156,30 @@ class Intake:
 
     async def _read_by_affinity(self, free: int, prefer: Sequence[str]) -> list[Entry]:
         waiting = await self._retry(self._waiting, "looking for jobs")
-        # Jobs that waited `affinity_wait` go first, oldest first, whoever has their model: so
-        # a backlog of this worker's own models' jobs holds no other job back for longer.
+        with_room, loaded = await self._retry(self._lanes_of_others, "reading heartbeats")
         oldest_first = sorted(waiting, key=lambda s: -waiting[s])
-        late = [s for s in oldest_first if waiting[s] >= self.affinity_wait]
-        mine = [stream for stream in prefer if stream in waiting and stream not in late]
-        if JOBS in waiting and JOBS not in (*mine, *late):  # no model named: any default will do
+        late = {s for s in oldest_first if waiting[s] >= self.affinity_wait}
+        own = set(prefer)
+        orphans = [s for s in oldest_first if s in late and s not in own and s not in loaded]
+        mine = [s for s in oldest_first if s in own and s not in orphans]
+        if JOBS in waiting and JOBS not in (*orphans, *mine):  # any worker's default will do
             mine.append(JOBS)
-        rest = [s for s in oldest_first if s not in (*mine, *late)]
-        taken = await self._retry(self._lanes_of_others, "reading heartbeats") if rest else set()
-        order = [*late, *mine, *(s for s in rest if s not in taken)]
+        rest = [s for s in oldest_first if s not in (*orphans, *mine)]
+        order = [
+            *orphans,
+            *mine,
+            *(s for s in rest if s not in with_room),
+            *(s for s in rest if s in with_room and s in late),
+        ]
         found: list[Entry] = []
         for stream in order:
             if len(found) >= free:
                 break
             found += await self._read(stream, free - len(found))
         if not found:  # look again when a job comes, one is due, or the others may be full
-            early = [self.affinity_wait - waiting[s] for s in rest if s in taken]
+            early = [
+                self.affinity_wait - waiting[s] for s in rest if s in with_room and s not in late
+            ]
             wait = min(self.poll, *early, _OTHERS_TTL) if early else self.poll
             await self._retry(lambda: self._wait_for_notice(wait), "waiting")
         return found
@@ -201,21 +213,17 @@ class Intake:
             if entry
         }
 
-    async def _lanes_of_others(self) -> set[str]:
-        """The lanes that other live workers with room have loaded (read at most every 0.2 s:
-        a SCAN)."""
+    async def _lanes_of_others(self) -> tuple[set[str], set[str]]:
+        """The lanes that other live workers with room have loaded, and those that any other
+        live worker has loaded (read at most every 0.2 s: a SCAN)."""
         loop = asyncio.get_running_loop()
-        read_at, lanes = self._others
+        read_at, with_room, loaded = self._others
         if loop.time() - read_at > _OTHERS_TTL:
-            workers = await live_workers(self._redis)
-            lanes = {
-                lane
-                for w in workers
-                if w.name != self.name and w.running < w.capacity
-                for lane in w.lanes
-            }
-            self._others = (loop.time(), lanes)
-        return lanes
+            others = [w for w in await live_workers(self._redis) if w.name != self.name]
+            with_room = {lane for w in others if w.running < w.capacity for lane in w.lanes}
+            loaded = {lane for w in others for lane in w.lanes}
+            self._others = (loop.time(), with_room, loaded)
+        return with_room, loaded
 
     async def _wait_for_notice(self, seconds: float) -> None:
         """Until a job is submitted (any lane) or `seconds` passed."""
