@@ -9,13 +9,16 @@ Network errors, timeouts, 429 and 5xx are retried with backoff; other 4xx are fi
 fails is logged, never raised: the job itself succeeded. The receiver is untrusted too: only its
 status matters, so its reply's body is never read; each attempt has an overall deadline (httpx's
 timeout is per read: a byte every few seconds would never trip it); and at most `MAX_CONCURRENT`
-deliveries of one sender run at once.
+deliveries of one sender run at once. The body is encoded to JSON bytes once per delivery (not
+per attempt), in a worker thread unless the images are tiny: base64 and JSON of a few large images
+take long enough to stall the event loop (the bot's heartbeat, every other wait).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,18 +30,21 @@ from inference.errors import InvalidRequest
 from inference.images.urls import PinnedTarget, pin, resolve_private_host, resolve_public_host
 from inference.result import Img2ImgResult
 
-__all__ = ["OutputForm", "WebhookSender", "base64_output", "webhook_body"]
+__all__ = ["OutputForm", "WebhookSender", "base64_output", "encode_body", "webhook_body"]
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 60.0
 """The longest wait between two tries of one webhook delivery, in seconds."""
 MAX_CONCURRENT = 16
 """Deliveries one sender runs at once; the rest wait their turn."""
+INLINE_BYTES = 64 * 1024
+"""Results whose images total fewer bytes are encoded on the event loop (a thread costs more)."""
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 OutputForm = Callable[[Img2ImgResult], list[str]]
-"""What a webhook's `output` holds for a result: one string per image, in order."""
+"""What a webhook's `output` holds for a result: one string per image, in order. It may run in a
+worker thread (see `encode_body`), so it must only read shared state."""
 
 
 def base64_output(result: Img2ImgResult) -> list[str]:
@@ -55,6 +61,13 @@ def webhook_body(result: Img2ImgResult, output: OutputForm = base64_output) -> d
     body["meta"].pop("key", None)
     body["output"] = output(result)
     return body
+
+
+def encode_body(result: Img2ImgResult, output: OutputForm = base64_output) -> bytes:
+    """`webhook_body` as the UTF-8 JSON bytes that are posted (compact, as httpx's `json=`)."""
+    body = webhook_body(result, output)
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
 
 
 class WebhookSender:
@@ -100,7 +113,10 @@ class WebhookSender:
             return await self._deliver(url, result)
 
     async def _deliver(self, url: str, result: Img2ImgResult) -> bool:
-        payload = webhook_body(result, self.output)
+        if sum(len(image.data) for image in result.images) < INLINE_BYTES:
+            payload = encode_body(result, self.output)
+        else:
+            payload = await asyncio.to_thread(encode_body, result, self.output)
         target = httpx.URL(url)
         async with httpx.AsyncClient(
             timeout=self.timeout, follow_redirects=False, transport=self._transport
@@ -115,7 +131,7 @@ class WebhookSender:
         return False
 
     async def _attempt(
-        self, client: httpx.AsyncClient, url: httpx.URL, payload: dict[str, Any]
+        self, client: httpx.AsyncClient, url: httpx.URL, payload: bytes
     ) -> bool | None:
         """None: delivered; True: worth retrying; False: give up."""
         host = url.host
@@ -140,10 +156,11 @@ class WebhookSender:
         return status in _RETRY_STATUS
 
 
-async def _post(client: httpx.AsyncClient, target: PinnedTarget, payload: dict[str, Any]) -> int:
-    """POST `payload` and return the status; the reply's body is never read (only the status
-    matters): leaving the block closes the connection, however much the receiver would send."""
+async def _post(client: httpx.AsyncClient, target: PinnedTarget, payload: bytes) -> int:
+    """POST the JSON `payload` and return the status; the reply's body is never read (only the
+    status matters): leaving the block closes the connection, however much the receiver sends."""
+    headers = {**target.headers, "Content-Type": "application/json"}
     async with client.stream(
-        "POST", target.url, json=payload, headers=target.headers, extensions=target.extensions
+        "POST", target.url, content=payload, headers=headers, extensions=target.extensions
     ) as response:
         return response.status_code

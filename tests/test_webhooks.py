@@ -1,11 +1,13 @@
-"""`inference.webhooks`: the body (images in base64), delivery to a loopback receiver, retries,
-timeouts, and no private addresses."""
+"""`inference.webhooks`: the body (images in base64), encoded once and off the event loop,
+delivery to a loopback receiver, retries, timeouts, and no private addresses."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import os
+import threading
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 from webhook_receiver import LoopbackReceiver, output_images
 
+from inference import webhooks
 from inference.result import GeneratedImage, Img2ImgResult
 from inference.webhooks import WebhookSender, webhook_body
 
@@ -110,6 +113,54 @@ def test_the_body_never_carries_a_key() -> None:
     leaky = RESULT.model_copy(update={"meta": {"seed": [7], "key": "sk-secret-1"}})
     body = webhook_body(leaky)
     assert "key" not in body["meta"] and "sk-secret-1" not in json.dumps(body)
+
+
+def count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The threads `encode_body` ran in, one entry per call."""
+    threads: list[int] = []
+    encode = webhooks.encode_body
+
+    def counted(result: Img2ImgResult, output: webhooks.OutputForm) -> bytes:
+        threads.append(threading.get_ident())
+        return encode(result, output)
+
+    monkeypatch.setattr(webhooks, "encode_body", counted)
+    return threads
+
+
+async def test_a_large_body_is_encoded_once_and_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Base64 and JSON of big images would stall the loop, and again on every retry."""
+    threads = count_encodes(monkeypatch)
+    big = RESULT.model_copy(
+        update={
+            "images": [
+                GeneratedImage(data=os.urandom(256 * 1024), format="png", width=8, height=8, seed=i)
+                for i in range(4)
+            ]
+        }
+    )
+    server = Server(503, httpx.ConnectError("refused"), 204)
+    assert await sender(server).send("https://hooks.example.com/in", big) is True
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert len(server.requests) == 3 and len({r.content for r in server.requests}) == 1
+    assert json.loads(server.requests[0].content) == webhook_body(big)
+    assert server.requests[0].headers["content-type"] == "application/json"
+
+
+async def test_a_failed_job_s_small_body_is_encoded_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the server sends for a failed job (no images: no thread needed)."""
+    threads = count_encodes(monkeypatch)
+    failed = Img2ImgResult(status="failed", id="42", message="stopped", track_id="t-9")
+    server = Server(204)
+    assert await sender(server).send("https://hooks.example.com/in", failed) is True
+    assert threads == [threading.get_ident()]
+    body = json.loads(server.requests[0].content)
+    assert body["status"] == "failed" and body["id"] == "42" and body["message"] == "stopped"
+    assert body["track_id"] == "t-9" and body["output"] == [] and "key" not in body["meta"]
 
 
 async def test_server_errors_and_network_errors_are_retried_with_backoff() -> None:
