@@ -13,14 +13,18 @@ import pytest
 from test_local_engine import Job, run
 from tiny_models import TinyModels
 
+from inference.errors import BackendError, BackendUnavailable
 from inference.local.engine import Engine
 from inference.local.enhance import (
     TEMPLATES,
+    CausalLMEnhancer,
     PromptArch,
+    PromptEnhancer,
     Template,
     TemplateEnhancer,
     prompt_arch,
 )
+from inference.local.failures import GENERATION_FAILED
 from inference.local.registry import ModelRegistry
 from inference.request import MAX_PROMPT_CHARS
 
@@ -119,3 +123,34 @@ def test_the_engine_picks_the_template_of_the_loaded_model(
     pony = Job(ModelRegistry.load(models_file), model_id="pony-xl", enhance_prompt="yes")
     run(engine, pony)
     assert pony.outcome.prompt.startswith("score_9, score_8_up, score_7_up, a red fox")
+
+
+class BrokenEnhancer:
+    def enhance(self, prompt: str, seed: int, arch: PromptArch = "sd") -> str:
+        raise RuntimeError("the prompt model crashed (simulated)")
+
+
+@pytest.mark.parametrize("broken", ["not downloaded", "crash"])
+def test_a_failing_enhancer_fails_only_its_own_job(
+    engine: Engine, registry: ModelRegistry, broken: str
+) -> None:
+    enhancer: PromptEnhancer = (
+        CausalLMEnhancer("someorg/not-cached-prompt-model", device="cpu")
+        if broken == "not downloaded"  # and the hub is off or out of reach
+        else BrokenEnhancer()
+    )
+    engine.enhancer, usual = enhancer, engine.enhancer
+    try:
+        enhanced = Job(registry, prompt="a red fox", enhance_prompt="yes", seed=1)
+        plain = Job(registry, prompt="a blue bird", enhance_prompt="no", seed=2)
+        assert enhanced.item.key == plain.item.key  # one batch
+        run(engine, enhanced, plain)
+    finally:
+        engine.enhancer = usual
+    (error,) = enhanced.results
+    assert isinstance(error, BackendError)
+    if broken == "not downloaded":
+        assert isinstance(error, BackendUnavailable) and "IMG2IMG_PROMPT_MODEL" in str(error)
+    else:
+        assert str(error) == GENERATION_FAILED
+    assert plain.outcome.prompt == "a blue bird" and len(plain.outcome.images) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,10 @@ from webhook_receiver import LoopbackReceiver, LoopbackTransport, output_images
 from inference.errors import BackendUnavailable, Cancelled, InvalidImage, InvalidRequest
 from inference.images import read_parameters
 from inference.local.backend import LocalBackend
+from inference.local.batcher import Batcher, Outcome, WorkItem, batch_key
+from inference.local.failures import STARTUP_FAILED
 from inference.local.registry import ModelRegistry
+from inference.local.worker import Worker
 from inference.port import CancelToken, Job, ProgressEvent
 from inference.request import Img2ImgRequest
 from inference.settings import InferenceSettings, LocalSettings
@@ -362,6 +366,101 @@ async def test_a_backend_that_cannot_start_says_why_to_every_job(models: TinyMod
                 await backend.generate(job(), Progress(), CancelToken())
     finally:
         await backend.aclose()
+
+
+# -- the worker thread's start-up ----------------------------------------------------------------
+
+
+class FakeRunner:
+    def run(self, items: list[WorkItem]) -> None:
+        for item in items:
+            item.answer(Outcome(images=[], prompt=item.request.prompt))
+
+    def close(self) -> None:
+        pass
+
+
+class FlakyStart:
+    """A `make_runner` that fails (untyped, as a broken CUDA init) `failures` times, then works."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(self) -> FakeRunner:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("CUDA init failed (simulated)")
+        return FakeRunner()
+
+
+@pytest.fixture
+def worker_queue() -> Iterator[tuple[Batcher, list[Worker]]]:
+    """A batcher; the test's workers are stopped (batcher closed, thread joined) afterwards."""
+    batcher, workers = Batcher(4), []
+    yield batcher, workers
+    batcher.close()
+    assert all(worker.join(30) for worker in workers)
+
+
+def submit(batcher: Batcher, registry: ModelRegistry) -> Outcome | BaseException:
+    """Queue one job and wait (bounded) for its answer."""
+    answers: queue.Queue[Outcome | BaseException] = queue.Queue()
+    request = Img2ImgRequest(prompt="a red fox", **FAST)
+    selection = registry.select(request)
+    batcher.put(
+        WorkItem(
+            job_id="job",
+            request=request,
+            selection=selection,
+            key=batch_key(request, selection, (64, 64), karras=False),
+            image=None,
+            seeds=[1],
+            token=CancelToken(),
+            on_progress=lambda *_: None,
+            on_done=answers.put,
+        )
+    )
+    return answers.get(timeout=30)
+
+
+def test_a_failed_start_is_retried_on_a_later_batch(
+    registry: ModelRegistry, worker_queue: tuple[Batcher, list[Worker]]
+) -> None:
+    batcher, workers = worker_queue
+    start = FlakyStart(failures=1)
+    workers.append(Worker(batcher, start, retry_first=0.0))
+    workers[0].start()
+    error = submit(batcher, registry)
+    assert isinstance(error, BackendUnavailable) and str(error) == STARTUP_FAILED
+    assert isinstance(error.__cause__, RuntimeError)  # the whole story, for the log
+    assert submit(batcher, registry) == Outcome(images=[], prompt="a red fox")
+    assert start.calls == 2
+
+
+def test_start_failures_back_off_and_each_job_gets_its_own_error(
+    registry: ModelRegistry, worker_queue: tuple[Batcher, list[Worker]]
+) -> None:
+    batcher, workers = worker_queue
+    start = FlakyStart(failures=100)
+    workers.append(Worker(batcher, start, retry_first=60.0))
+    workers[0].start()
+    errors = [submit(batcher, registry) for _ in range(3)]
+    assert start.calls == 1  # the later batches came within the backoff
+    assert all(isinstance(e, BackendUnavailable) and str(e) == STARTUP_FAILED for e in errors)
+    assert len({id(error) for error in errors}) == 3
+    assert [frames_after_raise(error) for error in errors] == [1, 1, 1]  # nothing piles up
+
+
+def frames_after_raise(error: BaseException) -> int:
+    """The traceback's length once the caller has raised `error` (as `await future` does)."""
+    try:
+        raise error
+    except BaseException as caught:
+        frames, tb = 0, caught.__traceback__
+        while tb is not None:
+            frames, tb = frames + 1, tb.tb_next
+        return frames
 
 
 def test_unknown_dtypes_are_refused(models: TinyModels) -> None:

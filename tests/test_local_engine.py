@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import constants
 from tiny_models import TinyModels, gradient_image
 
-from inference.errors import BackendError, Cancelled, InvalidRequest
+from inference.errors import BackendError, BackendUnavailable, Cancelled, InvalidRequest
 from inference.images import fit_to_size
+from inference.local import loading
 from inference.local.batcher import Outcome, WorkItem, batch_key, karras_applies
 from inference.local.engine import Engine
 from inference.local.enhance import CausalLMEnhancer, TemplateEnhancer
-from inference.local.loading import PipelineCache
+from inference.local.loading import PipelineCache, load_model
 from inference.local.registry import ModelEntry, ModelRegistry, Source
 from inference.port import CancelToken
 from inference.request import SCHEDULERS, Img2ImgRequest
@@ -267,7 +270,7 @@ def test_a_single_file_checkpoint_loads_and_matches_its_folder(
 def test_the_cache_keeps_at_most_its_size_and_evicts_the_least_recent() -> None:
     loads: list[str] = []
 
-    def loader(entry: ModelEntry) -> Any:
+    def loader(entry: ModelEntry, make_room: Callable[[], None]) -> Any:
         loads.append(entry.name)
         return object()
 
@@ -280,6 +283,44 @@ def test_the_cache_keeps_at_most_its_size_and_evicts_the_least_recent() -> None:
     assert "b" not in cache and "a" in cache and "c" in cache
     cache.get(b)
     assert loads == ["a", "b", "c", "b"]
+
+
+def tiny_cache(size: int) -> PipelineCache:
+    return PipelineCache(
+        lambda e, room: load_model(e, device="cpu", dtype=torch.float32, make_room=room), size
+    )
+
+
+def test_a_model_that_cannot_load_leaves_the_cached_one_loaded(
+    models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # not cached: refused without the hub
+    cache = tiny_cache(1)
+    tiny = ModelEntry("tiny", Source(str(models.sd), "folder"), "sd")
+    loaded = cache.get(tiny)
+    with pytest.raises(BackendUnavailable):
+        cache.get(ModelEntry("gone", Source("org/not-downloaded", "hub"), None))
+    assert cache.get(tiny) is loaded
+
+
+def test_the_cache_evicts_before_the_next_weights_load(
+    models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA the evicted model must leave GPU memory before the next one's weights arrive."""
+    cached_while_loading: list[list[str]] = []
+    real = loading.module_loading
+
+    @contextmanager
+    def recording() -> Iterator[None]:
+        cached_while_loading.append([name for name in ("one", "two") if name in cache])
+        with real():
+            yield
+
+    monkeypatch.setattr(loading, "module_loading", recording)
+    cache = tiny_cache(1)
+    for name in ("one", "two"):
+        cache.get(ModelEntry(name, Source(str(models.sd), "folder"), "sd"))
+    assert cached_while_loading == [[], []] and "two" in cache
 
 
 def test_loading_is_reported_only_when_a_model_loads(registry: ModelRegistry) -> None:
@@ -372,6 +413,24 @@ def test_cancelling_one_job_of_a_batch_keeps_the_others(
     assert np.abs(keep.arrays[0] - alone).max() <= 3
 
 
+def test_a_job_cancelled_in_a_batch_is_answered_within_a_step(
+    engine: Engine, registry: ModelRegistry
+) -> None:
+    keep = Job(registry, seed=70)  # 6 steps
+    drop = Job(registry, seed=71, on_step=cancel_at(2))
+    keep_step_at_answer: list[int] = []
+
+    def on_done(value: Outcome | BaseException) -> None:
+        keep_step_at_answer.append(max(step for _, step, _ in keep.events))
+        drop.results.append(value)
+
+    drop.item.on_done = on_done
+    run(engine, keep, drop)
+    assert isinstance(drop.results[0], Cancelled) and len(drop.results) == 1
+    assert keep_step_at_answer == [2]  # at the next step, not when the batch ended (6)
+    assert len(keep.arrays) == 1 and max(step for _, step, _ in keep.events) == 6
+
+
 def test_jobs_cancelled_before_their_batch_starts_do_not_run(
     engine: Engine, registry: ModelRegistry
 ) -> None:
@@ -439,6 +498,16 @@ def test_clip_skip_deeper_than_the_text_encoder_is_refused(
     error = job.results[0]
     assert isinstance(error, InvalidRequest) and error.field == "clip_skip"
     assert "at most 6" in str(error)
+
+
+def test_each_job_of_a_failed_batch_gets_its_own_error(
+    engine: Engine, registry: ModelRegistry
+) -> None:
+    jobs = [Job(registry, clip_skip=8, seed=seed) for seed in (1, 2)]
+    run(engine, *jobs)
+    errors = [job.results[0] for job in jobs]
+    assert all(isinstance(e, InvalidRequest) and e.field == "clip_skip" for e in errors)
+    assert errors[0] is not errors[1]  # raising one adds frames to its traceback only
 
 
 def test_a_lora_that_does_not_fit_is_refused_and_the_model_still_works(

@@ -11,6 +11,7 @@ event loop puts and removes, the GPU worker thread takes.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -31,6 +32,7 @@ __all__ = [
     "WorkItem",
     "batch_key",
     "karras_applies",
+    "own_copy",
 ]
 
 
@@ -105,14 +107,39 @@ class WorkItem:
     abandoned: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None  # time.perf_counter() when the engine took it up
     on_preview: PreviewHook | None = None  # None: the job gets no live previews
+    answered: bool = False  # `answer` was called; later answers are ignored
 
     @property
     def samples(self) -> int:
         return len(self.seeds)
 
+    def answer(self, value: Outcome | BaseException) -> None:
+        """Call `on_done` with `value` unless the item was answered already (a job cancelled
+        in the middle of a pipeline call is answered at once; its rows run on to the end)."""
+        if not self.answered:
+            self.answered = True
+            self.on_done(value)
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with a copy of `error`, which the jobs of a batch may share: each raise
+        adds the raiser's frames to the exception's traceback, so one shared object would
+        keep every job's frames (and their images) alive and growing."""
+        self.answer(own_copy(error))
+
     @property
     def cancelled(self) -> bool:
         return self.token.cancelled or self.abandoned.is_set()
+
+
+def own_copy(error: BaseException) -> BaseException:
+    """A fresh exception of the same type, message and attributes, with the same cause, and
+    no traceback of its own."""
+    try:
+        fresh = copy.copy(error)  # (type, args, __dict__): no traceback, cause or context
+    except Exception:  # a constructor that does not take its own args back
+        return error
+    fresh.__cause__ = error.__cause__
+    return fresh
 
 
 class Batcher:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = ["MAX_LOADED_LORAS", "apply_loras", "apply_tome", "apply_vae"]
 log = logging.getLogger(__name__)
 
 MAX_LOADED_LORAS = 8  # adapters kept loaded per model; unused ones beyond this are deleted
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")  # characters kept out of PEFT adapter names
 
 
 def apply_vae(model: LoadedModel, entry: VaeEntry | None, load: Callable[[VaeEntry], Any]) -> None:
@@ -43,34 +45,61 @@ def apply_loras(model: LoadedModel, loras: tuple[tuple[LoraEntry, float], ...]) 
     wanted = tuple((entry.name, strength) for entry, strength in loras)
     if wanted == model.lora_state:
         return
+    try:
+        _switch_loras(model, loras)
+    except BaseException:
+        # PEFT switches each adapter on as it loads, and a later load or `set_adapters` may then
+        # fail: which adapters are on is unknown, so the next batch sets its own in any case.
+        model.lora_state = None
+        raise
+    model.lora_state = wanted
+    _trim_loras(model, keep={n for n, _ in wanted})
+
+
+def _switch_loras(model: LoadedModel, loras: tuple[tuple[LoraEntry, float], ...]) -> None:
     pipe = model.pipe
     for entry, _ in loras:
         if entry.name in model.loras:
             model.loras.move_to_end(entry.name)
         else:
             _load_lora(model, entry)
-    if wanted:
+    if loras:
         pipe.enable_lora()
-        pipe.set_adapters([n for n, _ in wanted], adapter_weights=[s for _, s in wanted])
+        adapters = [model.loras[entry.name] for entry, _ in loras]
+        pipe.set_adapters(adapters, adapter_weights=[s for _, s in loras])
     elif model.loras:
         pipe.disable_lora()
-    model.lora_state = wanted
-    _trim_loras(model, keep={n for n, _ in wanted})
 
 
 def _load_lora(model: LoadedModel, entry: LoraEntry) -> None:
     location, options = _lora_location(entry)
-    options["adapter_name"] = entry.name
+    adapter = _adapter_id(model, entry.name)
+    options["adapter_name"] = adapter
     if entry.weight_name:
         options["weight_name"] = entry.weight_name
     try:
         with module_loading():
             model.pipe.load_lora_weights(location, **options)
     except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
-        _forget_adapter(model, entry.name)
+        _forget_adapter(model, adapter)
         raise _lora_failure(model, entry, exc) from exc
-    model.loras[entry.name] = None
-    log.info("loaded LoRA %s into %s", entry.name, model.name)
+    model.loras[entry.name] = adapter
+    log.info("loaded LoRA %s into %s as adapter %s", entry.name, model.name, adapter)
+
+
+def _adapter_id(model: LoadedModel, name: str) -> str:
+    """The PEFT adapter name for the LoRA entry `name`, unique among the model's adapters.
+
+    PEFT names modules after adapters and refuses "." in them (KeyError), and models-file names
+    like `lcm-lora-sdv1.5` are common: those load under a sanitised id, users still see `name`.
+    """
+    base = _UNSAFE.sub("_", name) or "lora"
+    taken = set(model.loras.values())
+    adapter, count = base, 1
+    while adapter in taken:
+        count += 1
+        adapter = f"{base}_{count}"
+    return adapter
 
 
 def _lora_location(entry: LoraEntry) -> tuple[str, dict[str, Any]]:
@@ -117,11 +146,11 @@ def _forget_adapter(model: LoadedModel, name: str) -> None:
 
 
 def _trim_loras(model: LoadedModel, keep: set[str]) -> None:
-    for name in list(model.loras):
+    for name, adapter in list(model.loras.items()):
         if len(model.loras) <= MAX_LOADED_LORAS:
             break
         if name not in keep:
-            model.pipe.delete_adapters([name])
+            model.pipe.delete_adapters([adapter])
             del model.loras[name]
 
 

@@ -4,9 +4,11 @@ Rows (one per image) are expanded here: prompt embeddings, init images and gener
 with `num_images_per_prompt=1`, so image i of a job is the same whether it runs alone or batched.
 Generators live on the CPU: a seed gives the same noise on every device.
 
-Cancellation: the step callback stops the call when every job in it is cancelled; a cancelled job
-in a call with live jobs only loses its images. CUDA out-of-memory splits the call in halves and
-retries (fresh generators, so the images do not change); one image that does not fit fails its job.
+Cancellation: the step callback answers a cancelled job at once (`Cancelled`) and stops the call
+when every job in it is cancelled; a cancelled job's rows in a call with live jobs run on (the batch
+is one tensor) and their images are dropped. A job whose `enhance_prompt` fails gets that error
+alone; the rest of its batch runs. CUDA out-of-memory splits the call in halves and retries (fresh
+generators, so the images do not change); one image that does not fit fails its job.
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ class Engine:
         self.oom_hook = oom_hook
         self.preview_interval = preview_interval
         self.cache = PipelineCache(
-            lambda entry: load_model(entry, device=self.device, dtype=self.dtype), cache_size
+            lambda entry, make_room: load_model(
+                entry, device=self.device, dtype=self.dtype, make_room=make_room
+            ),
+            cache_size,
         )
         self.preview_decoders = PreviewDecoders(
             lambda source: load_preview_vae(source, device=self.device, dtype=self.dtype)
@@ -91,7 +96,7 @@ class Engine:
         self.cache.clear()
 
     def run(self, items: Sequence[WorkItem]) -> None:
-        """Run `items` (one batch key) and call each item's `on_done` exactly once."""
+        """Run `items` (one batch key) and answer each item exactly once."""
         live = [item for item in items if not _finish_if_cancelled(item)]
         if not live:
             return
@@ -99,16 +104,18 @@ class Engine:
             results = self._generate(live)
         except InferenceError as exc:
             for item in live:
-                item.on_done(Cancelled("The job was cancelled.") if item.cancelled else exc)
+                if not _finish_if_cancelled(item):
+                    item.fail(exc)
             return
         except Exception as exc:
-            error = unexpected_failure(exc, [item.job_id for item in live], GENERATION_FAILED)
-            for item in live:
-                item.on_done(error)
+            waiting = [item for item in live if not item.answered]
+            error = unexpected_failure(exc, [item.job_id for item in waiting], GENERATION_FAILED)
+            for item in waiting:
+                item.fail(error)
             return
         for item in live:
-            if not _finish_if_cancelled(item):
-                item.on_done(results[id(item)])
+            if not item.answered and not _finish_if_cancelled(item):
+                item.answer(results[id(item)])
 
     # -- one batch -------------------------------------------------------------------------------
 
@@ -123,7 +130,8 @@ class Engine:
                 item.on_progress("loading", 0, 0)
         model = self.cache.get(first.selection.model)
         self._prepare(model, first)
-        prompts = {id(item): self._prompt(item, model) for item in items}
+        prompts = self._prompts(items, model)
+        items = [item for item in items if id(item) in prompts]
         rows: list[_Row] = []
         for item in items:
             embeds = encode_prompts(
@@ -157,6 +165,19 @@ class Engine:
         )
         components.apply_loras(model, item.selection.loras)
         components.apply_tome(model, item.key.tomesd, item.selection.model.tome)
+
+    def _prompts(self, items: list[WorkItem], model: LoadedModel) -> dict[int, str]:
+        """Each item's prompt, keyed by `id(item)`; an item whose prompt fails (`enhance_prompt`:
+        the prompt model cannot load or run) is answered with that error and left out."""
+        prompts: dict[int, str] = {}
+        for item in items:
+            try:
+                prompts[id(item)] = self._prompt(item, model)
+            except InferenceError as exc:
+                item.fail(exc)
+            except Exception as exc:
+                item.fail(unexpected_failure(exc, [item.job_id], GENERATION_FAILED))
+        return prompts
 
     def _prompt(self, item: WorkItem, model: LoadedModel) -> str:
         if item.request.enhance_prompt != "yes":
@@ -198,7 +219,8 @@ class Engine:
         clock = PreviewClock(self.preview_interval)
 
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if all(item.cancelled for item in items):
+            cancelled = [_finish_if_cancelled(item) for item in items]  # each answered at once
+            if all(cancelled):
                 raise _Interrupted
             total = int(pipe.num_timesteps)
             previews: dict[int, bytes] = {}
@@ -229,8 +251,9 @@ class Engine:
 
 
 def _finish_if_cancelled(item: WorkItem) -> bool:
+    """Answer a cancelled item (`Cancelled`, unless already answered); True when cancelled."""
     if item.cancelled:
-        item.on_done(Cancelled("The job was cancelled."))
+        item.answer(Cancelled("The job was cancelled."))
         return True
     return False
 

@@ -69,8 +69,8 @@ class LoadedModel:
     own_vae: Any
     vaes: dict[str, Any] = field(default_factory=dict)  # swapped-in VAEs, by name
     vae_name: str | None = None
-    loras: OrderedDict[str, None] = field(default_factory=OrderedDict)  # loaded, LRU order
-    lora_state: tuple[tuple[str, float], ...] = ()
+    loras: OrderedDict[str, str] = field(default_factory=OrderedDict)  # name: adapter, LRU order
+    lora_state: tuple[tuple[str, float], ...] | None = ()  # None: unknown, the next batch sets it
     tome: tuple[float, int] | None = None  # (ratio, max_downsample) while patched
 
 
@@ -130,8 +130,16 @@ def _hub_options(source: Source, filename: str, what: str, instead: str) -> dict
     return {"local_files_only": True} if only else {}
 
 
-def load_model(entry: ModelEntry, *, device: str, dtype: torch.dtype) -> LoadedModel:
-    """Load `entry` onto `device`; `BackendUnavailable`/`BackendError` say what went wrong."""
+def load_model(
+    entry: ModelEntry,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    make_room: Callable[[], None] = lambda: None,
+) -> LoadedModel:
+    """Load `entry` onto `device`; `BackendUnavailable`/`BackendError` say what went wrong.
+    `make_room` runs once the checks passed, just before the weights are read (a
+    `PipelineCache` evicts then)."""
     source = entry.source
     _quiet_loading()
     hub = _hub_options(
@@ -143,6 +151,7 @@ def load_model(entry: ModelEntry, *, device: str, dtype: torch.dtype) -> LoadedM
         extra: dict[str, Any] = {**_dtype_option(dtype), **hub}
         if arch == "sd":
             extra.update(safety_checker=None, requires_safety_checker=False)
+        make_room()
         with module_loading():
             if source.kind == "file":
                 pipe = cls.from_single_file(source.location, config=source.config, **extra)
@@ -229,9 +238,20 @@ def free_memory() -> None:
 
 
 class PipelineCache:
-    """Keeps at most `size` models loaded, evicting the least recently used before loading."""
+    """Keeps at most `size` models loaded, evicting the least recently used to load another.
 
-    def __init__(self, loader: Callable[[ModelEntry], LoadedModel], size: int) -> None:
+    The eviction waits for the loader's checks (the hub or its cache can serve the model, its
+    architecture) but not for the load: a model that cannot load then evicts nothing, and the
+    next request for the cached one needs no reload. It must not wait longer: on CUDA the evicted
+    model has to leave GPU memory before the new one's weights arrive (two SDXL models in fp16
+    take some 14 GB), so loading first could run out of memory. A load that fails while reading
+    the weights (a damaged file) still costs the evicted model.
+    """
+
+    def __init__(
+        self, loader: Callable[[ModelEntry, Callable[[], None]], LoadedModel], size: int
+    ) -> None:
+        """`loader(entry, make_room)` calls `make_room()` once it is about to read weights."""
         if size < 1:
             raise ValueError("the cache must hold at least one model")
         self._loader = loader
@@ -246,14 +266,17 @@ class PipelineCache:
         if model is not None:
             self._models.move_to_end(entry.name)
             return model
+        model = self._loader(entry, self._evict_for_one)
+        self._evict_for_one()  # a loader that never called it
+        self._models[entry.name] = model
+        return model
+
+    def _evict_for_one(self) -> None:
         while len(self._models) >= self._size:
             name = next(iter(self._models))
             del self._models[name]  # drop the only reference before freeing memory
             log.info("unloading model %s", name)
             free_memory()
-        model = self._loader(entry)
-        self._models[entry.name] = model
-        return model
 
     def clear(self) -> None:
         self._models.clear()
