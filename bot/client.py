@@ -36,6 +36,8 @@ DISCORD_CONNECTIONS = 32
 """HTTP connections kept open to each Discord host (API, CDN). A burst of interactions then reuses
 warm keep-alive connections for its acknowledgements instead of opening (and, in production,
 TLS-handshaking) one per interaction; measured in bench/bot_burst.py."""
+PURGE_INTERVAL = 3600.0
+"""Seconds between two purges of the records past the retention period (the first at start)."""
 
 
 def point_discord_at(api_base: str, gateway_url: str | None) -> None:
@@ -107,6 +109,8 @@ class Img2ImgBot(commands.AutoShardedBot):
         self.next_identify: dict[int, float] = {}  # per identify bucket: its next free slot
         self.resuming: asyncio.Task[None] | None = None
         """Settling and resuming what a restart found (`bot.resume`); done once it is."""
+        self.purge_interval = PURGE_INTERVAL  # read at start (tests shorten it)
+        self.purging: asyncio.Task[None] | None = None
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         # Called synchronously as the gateway event is parsed, before any handler runs.
@@ -135,17 +139,32 @@ class Img2ImgBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         await self.store.open()
-        purged = await self.store.purge_older_than(
-            time.time() - self.settings.store.retention_days * 86_400
-        )
-        if purged:
-            log.info("purged %d job records past the retention period", purged)
+        await self._purge()
+        self.purging = asyncio.create_task(self._purge_every(self.purge_interval), name="purge")
         self.add_dynamic_items(*self.views.item_types())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
         leftovers = await Leftovers.read(self.store)  # before connecting: no new job yet
         self.resuming = asyncio.create_task(self._resume_unfinished(leftovers), name="resume-jobs")
+
+    async def _purge(self) -> None:
+        """Delete the records (and their images) past the retention period."""
+        purged = await self.store.purge_older_than(
+            time.time() - self.settings.store.retention_days * 86_400
+        )
+        if purged:
+            log.info("purged %d job records past the retention period", purged)
+
+    async def _purge_every(self, interval: float) -> None:
+        """Purge every `interval` seconds while the bot runs: a bot up for months would keep
+        every input image otherwise. A failed purge is logged; the next one tries again."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._purge()
+            except Exception:
+                log.exception("purging old job records failed; trying again in %g s", interval)
 
     async def _sync_commands(self) -> None:
         what = "syncing the commands"
@@ -209,9 +228,10 @@ class Img2ImgBot(commands.AutoShardedBot):
         remains of the grace, so the whole stop fits in the container's stop timeout."""
         started = time.monotonic()
         grace = self.settings.shutdown_grace
-        if self.resuming is not None:
-            self.resuming.cancel()
-            await asyncio.gather(self.resuming, return_exceptions=True)
+        for task in (self.resuming, self.purging):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.queue.close(grace=grace)
         await self.backend.aclose(timeout=max(0.0, grace - (time.monotonic() - started)))
         await super().close()

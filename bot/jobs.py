@@ -575,7 +575,10 @@ class FairQueue:
     # -- cancelling and closing ------------------------------------------------------------------
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel a waiting job (removed at once) or a running one (stops at its next step)."""
+        """Cancel a waiting job (removed at once) or a running one (stops at its next step).
+
+        Returns without waiting for the user to be told (a task of its own, as for a running
+        job): the caller answers a button click, which Discord allows 3 seconds."""
         if job_id in self._running:
             self._running[job_id].cancel.cancel()
             return True
@@ -583,7 +586,9 @@ class FairQueue:
             if entry.record.id == job_id:
                 self._waiting.remove(entry)
                 METRICS.queue_depth(len(self._waiting), len(self._running))
-                await self._fail(job_id, entry.listener, "cancelled", Cancelled("Cancelled."))
+                self._tell_positions()
+                cancelled = Cancelled("Cancelled.")
+                await self._fail(job_id, entry.listener, "cancelled", cancelled, later=True)
                 return True
         return False
 

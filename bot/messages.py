@@ -450,6 +450,8 @@ def style_removed(name: str) -> str:
 
 
 def no_such_style(name: str, names: Sequence[str]) -> str:
+    """The name as typed (any length: cut to fit a message), and the server's styles."""
+    name = _shorten(name, 40)
     if not names:
         return f"There is no style `{name}`: {NO_STYLES}"
     return f"This server has no style `{name}`. Styles: {', '.join(names)}."

@@ -22,7 +22,7 @@ __all__ = ["checked_result"]
 
 async def checked_result(store: JobStore, job_id: str, result: Img2ImgResult) -> Img2ImgResult:
     """`result` as it may be posted; raises `JobFailure` when its prompt is blocked."""
-    record = await store.get(job_id)
+    record = await store.summary(job_id)
     if record is None:
         return result
     if record.guild_id is not None:

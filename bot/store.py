@@ -33,6 +33,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "JobStore",
+    "JobSummary",
     "QuotaExceeded",
     "ServerStyle",
 ]
@@ -134,6 +135,16 @@ class JobRecord:
     """The server style applied to the prompt (`ServerStyle.name`); kept for display and rerolls."""
     init_image_nsfw: bool = False
     """The init image was flagged NSFW (an upscale's source image): `Job.init_image_nsfw`."""
+
+
+@dataclass
+class JobSummary(JobRecord):
+    """A job's record without its input image (`init_image` is None): what buttons and
+    `/img2img-history` read before anything is accepted, a few hundred bytes however large the
+    image is."""
+
+    has_input: bool = False
+    """The record keeps an input image (`JobStore.input_image` reads it)."""
 
 
 _ADDED_COLUMNS = {
@@ -365,27 +376,40 @@ class JobStore:
 
     async def result(self, job_id: str) -> Img2ImgResult | None:
         """The stored result, images included (None when the job has none)."""
+        return await self._run(lambda c: _stored_result(c, job_id, with_bytes=True))
 
-        def work(c: sqlite3.Connection) -> Img2ImgResult | None:
-            row = c.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row["result"] is None:
-                return None
-            images = c.execute(
-                "SELECT meta, data, original FROM job_images WHERE job_id = ? ORDER BY idx",
+    async def result_summary(self, job_id: str) -> Img2ImgResult | None:
+        """The stored result with its images' bytes left out (`data` empty, no `original`):
+        their sizes, seeds and flags, read without the megabytes (`image_source` reads one)."""
+        return await self._run(lambda c: _stored_result(c, job_id, with_bytes=False))
+
+    async def image_source(self, job_id: str, index: int) -> bytes | None:
+        """Result image `index`'s `GeneratedImage.source` (its uncensored original, else the
+        image itself); None when it is not stored."""
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT COALESCE(original, data) FROM job_images WHERE job_id = ? AND idx = ?",
+                (job_id, index),
+            ).fetchone()
+        )
+        return bytes(row[0]) if row is not None else None
+
+    async def input_image(self, job_id: str) -> bytes | None:
+        """The job's stored input image; None when the record or its image is gone."""
+        row = await self._run(
+            lambda c: c.execute("SELECT init_image FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+        return bytes(row[0]) if row is not None and row[0] else None
+
+    async def summary(self, job_id: str) -> JobSummary | None:
+        """The job's record without its input image (`JobSummary`)."""
+        rows = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE id = ?",  # noqa: S608
                 (job_id,),
             ).fetchall()
-            return Img2ImgResult.model_validate_json(row["result"]).model_copy(
-                update={
-                    "images": [
-                        GeneratedImage.model_validate(
-                            {**json.loads(i["meta"]), "data": i["data"], "original": i["original"]}
-                        )
-                        for i in images
-                    ]
-                }
-            )
-
-        return await self._run(work)
+        )
+        return _summary(rows[0]) if rows else None
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._run(
@@ -413,14 +437,16 @@ class JobStore:
         )
         return [_record(r) for r in rows]
 
-    async def recent_for_user(self, owner_id: int, limit: int = 10) -> list[JobRecord]:
+    async def recent_for_user(self, owner_id: int, limit: int = 10) -> list[JobSummary]:
+        """The user's latest jobs, newest first, without their input images (`JobSummary`)."""
         rows = await self._run(
             lambda c: c.execute(
-                "SELECT * FROM jobs WHERE owner_id = ? ORDER BY created_at DESC LIMIT ?",
+                f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE owner_id = ?"  # noqa: S608
+                " ORDER BY created_at DESC LIMIT ?",
                 (owner_id, limit),
             ).fetchall()
         )
-        return [_record(r) for r in rows]
+        return [_summary(r) for r in rows]
 
     async def delete_finished_for_user(self, owner_id: int) -> int:
         """Delete a user's finished records with their images (jobs still running or waiting to
@@ -560,8 +586,48 @@ def _styles_of(conn: sqlite3.Connection, guild_id: int) -> tuple[ServerStyle, ..
     return tuple(ServerStyle(r["name"], r["template"], r["negative_prompt"]) for r in rows)
 
 
+def _stored_result(
+    conn: sqlite3.Connection, job_id: str, *, with_bytes: bool
+) -> Img2ImgResult | None:
+    row = conn.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None or row["result"] is None:
+        return None
+    columns = "meta, data, original" if with_bytes else "meta, x'' AS data, NULL AS original"
+    images = conn.execute(
+        f"SELECT {columns} FROM job_images WHERE job_id = ? ORDER BY idx",  # noqa: S608
+        (job_id,),
+    ).fetchall()
+    return Img2ImgResult.model_validate_json(row["result"]).model_copy(
+        update={
+            "images": [
+                GeneratedImage.model_validate(
+                    {**json.loads(i["meta"]), "data": i["data"], "original": i["original"]}
+                )
+                for i in images
+            ]
+        }
+    )
+
+
+_SUMMARY_COLUMNS = (
+    "id, owner_id, guild_id, channel_id, request, status, created_at, started_at, finished_at,"
+    " seeds, nsfw, message_id, error, starts, kind, cost, external_id, result_message_id, style,"
+    " init_image_nsfw, COALESCE(length(init_image), 0) > 0 AS has_input"
+)
+"""Every column of `jobs` but the input image (`JobSummary`)."""
+
+
+def _summary(row: sqlite3.Row) -> JobSummary:
+    return JobSummary(**_fields(row), has_input=bool(row["has_input"]))
+
+
 def _record(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
+    return JobRecord(**_fields(row), init_image=row["init_image"])
+
+
+def _fields(row: sqlite3.Row) -> dict[str, Any]:
+    """The record's fields but the input image."""
+    return dict(
         id=row["id"],
         owner_id=row["owner_id"],
         guild_id=row["guild_id"],
@@ -570,7 +636,6 @@ def _record(row: sqlite3.Row) -> JobRecord:
         request=Img2ImgRequest.model_validate_json(
             row["request"], context={"allow_private_urls": True}
         ),
-        init_image=row["init_image"],
         status=row["status"],
         created_at=row["created_at"],
         started_at=row["started_at"],

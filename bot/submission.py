@@ -76,12 +76,14 @@ _ALIASES = {
 @dataclass(frozen=True)
 class ImageSource:
     """Where the init image comes from: an attachment, a URL, bytes we already hold, or the
-    stored input of an earlier job (`stored`: its id; read only when the job is submitted)."""
+    stored input of an earlier job (`stored`: its id; read only when the job is submitted), or
+    with `stored_image` that job's result image of that index (`GeneratedImage.source`)."""
 
     attachment: discord.Attachment | None = None
     url: str | None = None
     data: bytes | None = None
     stored: str | None = None
+    stored_image: int | None = None
 
 
 def parse_options_line(text: str) -> dict[str, str]:
@@ -222,10 +224,7 @@ async def _read(bot: Img2ImgBot, source: ImageSource) -> bytes:
     if source.data is not None:
         return source.data
     if source.stored is not None:
-        record = await bot.store.get(source.stored)
-        if record is None or not record.init_image:
-            raise InvalidImage(messages.INPUT_GONE)
-        return record.init_image
+        return await _read_stored(bot, source.stored, source.stored_image)
     if source.url is not None:
         return await fetch_image(source.url, settings=bot.inference_settings)
     if source.attachment is None:
@@ -240,6 +239,19 @@ async def _read(bot: Img2ImgBot, source: ImageSource) -> bytes:
         return await attachment.read()
     except discord.HTTPException:
         raise InvalidImage(messages.ATTACHMENT_UNREADABLE) from None
+
+
+async def _read_stored(bot: Img2ImgBot, job_id: str, index: int | None) -> bytes:
+    """A job's stored input, or its result image `index`: read only once a job is accepted."""
+    if index is not None:
+        data = await bot.store.image_source(job_id, index)
+        gone = messages.IMAGE_GONE
+    else:
+        data = await bot.store.input_image(job_id)
+        gone = messages.INPUT_GONE
+    if not data:
+        raise InvalidImage(gone)
+    return data
 
 
 async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:

@@ -43,7 +43,7 @@ async def _complete(
     interaction: discord.Interaction[Img2ImgBot], current: str, kind: str
 ) -> list[app_commands.Choice[str]]:
     names = interaction.client.catalog.suggest(kind, current)
-    return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names]
+    return [app_commands.Choice(name=n, value=n) for n in names]  # none over Discord's 100
 
 
 class Img2ImgCog(commands.Cog):

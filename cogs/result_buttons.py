@@ -2,6 +2,8 @@
 
 Anyone may use them: they build on the posted images, read back from the job store as the
 uncensored originals (`GeneratedImage.source`), never from the posted, possibly censored files.
+Until the queue has accepted the new job only the stored job's metadata is read; the image's
+bytes are read after that, under the bound on stored images (`bot.loads`).
 Vary runs image N again as a new input with the job's prompt and options, a new seed and a preset
 strength. Upscale is one job of kind "upscale" (`inference.upscale`), counted against the daily
 quotas by its tiles. With more components than Discord's 25, a select menu stands in for them.
@@ -21,7 +23,7 @@ from bot import messages
 from bot.errors import report_unexpected
 from bot.jobs import QueueRefused
 from bot.replies import answer_privately, defer_thinking
-from bot.store import JobRecord
+from bot.store import JobRecord, JobSummary
 from bot.submission import (
     ImageSource,
     enqueue,
@@ -29,7 +31,7 @@ from bot.submission import (
     submit_job,
     with_current_policy,
 )
-from inference import GeneratedImage, Img2ImgResult
+from inference import GeneratedImage, Img2ImgRequest, Img2ImgResult
 from inference.upscale import plan_upscale
 
 if TYPE_CHECKING:
@@ -55,26 +57,32 @@ _MAX_COMPONENTS = 25
 
 @dataclass(frozen=True)
 class _Target:
-    """The job and the stored image an action builds on."""
+    """The job and the stored image an action builds on, without their bytes (`image.data` is
+    empty: `source` reads the image once a job is accepted)."""
 
-    record: JobRecord
+    record: JobSummary
     result: Img2ImgResult
     image: GeneratedImage
+    number: int
+
+    @property
+    def source(self) -> ImageSource:
+        return ImageSource(stored=self.record.id, stored_image=self.number - 1)
 
 
 async def _target(
     interaction: discord.Interaction[Img2ImgBot], job_id: str, number: int
 ) -> _Target | None:
     store = interaction.client.store
-    record = await store.get(job_id)
+    record = await store.summary(job_id)
     if record is None:
         await interaction.response.send_message(messages.RECORD_GONE, ephemeral=True)
         return None
-    result = await store.result(job_id)
+    result = await store.result_summary(job_id)
     if result is None or len(result.images) < number:
         await interaction.response.send_message(messages.IMAGE_GONE, ephemeral=True)
         return None
-    return _Target(record, result, result.images[number - 1])
+    return _Target(record, result, result.images[number - 1], number)
 
 
 async def run_action(
@@ -89,7 +97,7 @@ async def run_action(
         await submit_job(
             interaction,
             _vary_body(target, action),
-            ImageSource(data=target.image.source),
+            target.source,
             applied_style=target.record.style,
         )
 
@@ -130,23 +138,41 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
     except QueueRefused as refusal:
         await answer_privately(interaction, f"{messages.describe_refusal(refusal)}\n{cost}")
         return
+    try:
+        await _queue_upscale(interaction, target, job_id, request, thinking_id, tiles)
+    finally:
+        bot.queue.release(job_id)  # the place, unless the job took it
+
+
+async def _queue_upscale(
+    interaction: discord.Interaction[Img2ImgBot],
+    target: _Target,
+    job_id: str,
+    request: Img2ImgRequest,
+    thinking_id: int | None,
+    tiles: int,
+) -> None:
+    """Read the image (only now that the job's place is held) and queue the upscale."""
+    bot = interaction.client
+    async with bot.image_loads.stored:
+        data = await bot.store.image_source(target.record.id, target.number - 1)
+    if data is None:
+        await answer_privately(interaction, messages.IMAGE_GONE)
+        return
     record = JobRecord(
         id=job_id,
         owner_id=interaction.user.id,
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id or 0,
         request=request,
-        init_image=image.source,
+        init_image=data,
         message_id=thinking_id,
         kind="upscale",
         cost=tiles,
         style=target.record.style,
-        init_image_nsfw=image.nsfw,  # the source's flag holds, whatever the detector sees
+        init_image_nsfw=target.image.nsfw,  # the source's flag holds, whatever the detector sees
     )
-    try:
-        await enqueue(interaction, record, refusal_note=cost)
-    finally:
-        bot.queue.release(job_id)  # the place, unless the job took it
+    await enqueue(interaction, record, refusal_note=messages.upscale_cost(tiles))
 
 
 class ImageAction(

@@ -4,6 +4,7 @@ bot by the composition root (`bot.__main__`), which registers the buttons' types
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ import discord
 
 from bot import messages
 from bot.errors import report_unexpected
-from bot.store import JobRecord, ServerStyle
+from bot.store import JobRecord, JobSummary, ServerStyle
 from bot.styles import unapply_style
 from bot.submission import ImageSource, parse_options_line, submit_job
 from cogs.result_buttons import ImageAction, ImageActionSelect, add_image_actions
@@ -28,8 +29,9 @@ JOB = r"(?P<job>[0-9a-f]{12})"
 _FIELDS_IN_MODAL = {"prompt", "negative_prompt", "strength"}
 
 
-async def _record(interaction: discord.Interaction[Img2ImgBot], job_id: str) -> JobRecord | None:
-    record = await interaction.client.store.get(job_id)
+async def _record(interaction: discord.Interaction[Img2ImgBot], job_id: str) -> JobSummary | None:
+    """The job's record without its input image: a refused click reads no image."""
+    record = await interaction.client.store.summary(job_id)
     if record is None:
         await interaction.response.send_message(messages.RECORD_GONE, ephemeral=True)
     return record
@@ -252,12 +254,12 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:n
         if record is not None:
             await self.act(interaction, record)
 
-    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobSummary) -> None:
         raise NotImplementedError
 
 
-async def _needs_input(interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> bool:
-    if record.init_image:
+async def _needs_input(interaction: discord.Interaction[Img2ImgBot], record: JobSummary) -> bool:
+    if record.has_input:
         return False
     await interaction.response.send_message(messages.INPUT_GONE, ephemeral=True)
     return True
@@ -266,7 +268,7 @@ async def _needs_input(interaction: discord.Interaction[Img2ImgBot], record: Job
 class CancelButton(JobButton, template=rf"i2i:cancel:{JOB}"):
     action, label = "cancel", "Cancel"
 
-    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobSummary) -> None:
         if not await _may_manage(interaction, record, "cancel this job"):
             return
         if await interaction.client.queue.cancel(self.job_id):
@@ -278,11 +280,11 @@ class CancelButton(JobButton, template=rf"i2i:cancel:{JOB}"):
 class RerollButton(JobButton, template=rf"i2i:reroll:{JOB}"):
     action, label, emoji, style = "reroll", "Reroll", "🎲", discord.ButtonStyle.primary
 
-    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobSummary) -> None:
         if not await _may_reuse_input(interaction, record, "reroll this"):
             return
         if not await _needs_input(interaction, record):
-            source = ImageSource(data=record.init_image)
+            source = ImageSource(stored=record.id)  # read once the job is accepted
             body = _same_options(record, seed=None)
             await submit_job(interaction, body, source, applied_style=record.style)
 
@@ -290,7 +292,7 @@ class RerollButton(JobButton, template=rf"i2i:reroll:{JOB}"):
 class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
     action, label, emoji = "remix", "Remix", "✏️"
 
-    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobSummary) -> None:
         if not await _may_reuse_input(interaction, record, "remix this"):
             return
         if not await _needs_input(interaction, record):
@@ -303,7 +305,7 @@ class RemixButton(JobButton, template=rf"i2i:remix:{JOB}"):
 class UseImageButton(JobButton, template=rf"i2i:use:{JOB}:(?P<n>[1-9])"):
     action, label = "use", "Use"
 
-    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobRecord) -> None:
+    async def act(self, interaction: discord.Interaction[Img2ImgBot], record: JobSummary) -> None:
         number = self.number or 1
         attachments = interaction.message.attachments if interaction.message else []
         if len(attachments) < number:
@@ -324,7 +326,7 @@ class DeleteButton(JobButton, template=rf"i2i:delete:{JOB}"):
     async def run(self, interaction: discord.Interaction[Img2ImgBot]) -> None:
         """Works without the job's record (deleted, or past retention): the requester is known
         from the message itself."""
-        record = await interaction.client.store.get(self.job_id)
+        record = await interaction.client.store.summary(self.job_id)
         owner = record.owner_id if record is not None else None
         if not _is_requester_or_moderator(interaction, owner, _requester_of(interaction.message)):
             refusal = messages.only_requester("delete these images")
@@ -332,7 +334,9 @@ class DeleteButton(JobButton, template=rf"i2i:delete:{JOB}"):
             return
         await interaction.response.defer()
         if interaction.message is not None:
-            await interaction.message.delete()
+            # Deleted already (a double click, another moderator): what was asked.
+            with contextlib.suppress(discord.NotFound):
+                await interaction.message.delete()
 
 
 class ButtonFactory:

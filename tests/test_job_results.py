@@ -5,21 +5,29 @@ database file migrated (issue 10, item 1). A real SQLite file each time."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+from bot_harness import button_labels
+from fakediscord import FakeDiscord, StoredMessage
 from PIL import Image
+from test_bot_e2e import is_queued, stranger
+from test_delivery import WAIT, PngBackend, bot_on, database, has_files, submit
 from test_jobs import GatedBackend, Recorder, record, store
 from tiny_models import png_bytes
 
 from bot.jobs import FairQueue, QueueLimits
-from bot.store import JobStore
+from bot.store import JobRecord, JobStore
 from inference import CancelToken, GeneratedImage, Img2ImgResult, Job, ProgressEvent
 from inference.port import ProgressCallback
 
-__all__ = ["store"]  # the fixture, from test_jobs
+__all__ = ["database", "store"]  # the fixtures, from test_delivery and test_jobs
+pytest_plugins = ["fakediscord.fixtures"]
 
 
 def noise_png(seed: int, size: int = 32) -> bytes:
@@ -39,6 +47,29 @@ def real_result(job_id: str) -> Img2ImgResult:
         generationTime=2.5,
         images=images,
     )
+
+
+async def test_summaries_carry_everything_but_the_image_bytes(store: JobStore) -> None:
+    await store.add(record("r", 1))
+    await store.add(dataclasses.replace(record("n", 1), init_image=None))
+    await store.save_result("r", real_result("r"))
+    full, summary = await store.get("r"), await store.summary("r")
+    assert full is not None and summary is not None
+    assert summary.init_image is None and summary.has_input
+    assert dataclasses.replace(full, init_image=None) == JobRecord(
+        **{f.name: getattr(summary, f.name) for f in dataclasses.fields(JobRecord)}
+    )
+    assert [(r.id, r.has_input) for r in await store.recent_for_user(1)] == [
+        ("n", False),
+        ("r", True),
+    ]
+    shown = await store.result_summary("r")
+    assert shown is not None and [(i.seed, i.nsfw, i.data) for i in shown.images] == [
+        (11, False, b""),
+        (12, True, b""),
+    ]
+    assert await store.image_source("r", 1) == noise_png(12)
+    assert await store.image_source("r", 2) is None and await store.input_image("n") is None
 
 
 def image_rows(path: Path) -> int:
@@ -246,3 +277,61 @@ async def test_a_post_cut_short_by_a_shutdown_is_posted_after_the_restart(
     done = await second_store.get("p")
     assert done is not None and (done.status, done.result_message_id) == ("delivered", 78)
     await second_store.close()
+
+
+def can_cancel(message: StoredMessage) -> bool:
+    """A job's status message, once the job is accepted."""
+    return "Cancel" in button_labels(message)
+
+
+def count_image_reads(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the store's reads that return image bytes, as they are called."""
+    reads: list[str] = []
+    for name in ("get", "result", "input_image", "image_source"):
+        method = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method) -> Any:
+            reads.append(_name)
+            return _method(*args)
+
+        monkeypatch.setattr(store, name, counted)
+    return reads
+
+
+async def test_a_refused_click_reads_no_image_bytes(
+    fake_discord: FakeDiscord, database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buttons check who may click and take the queue place on the job's metadata: a stranger's
+    Reroll, Cancel or Delete, or a click of a user at their pending limit, reads no image."""
+    fake, bob = fake_discord, fake_discord.world.bob
+    carol = stranger(fake)
+    backend = PngBackend(capacity=1)
+    async with bot_on(fake, backend, database) as bot:
+        first = await submit(fake)
+        await backend.wait_started(1)
+        backend.gates[backend.started[0]].set()
+        done = await first.wait_original(has_files, timeout=WAIT)
+        pending = [await submit(fake) for _ in range(3)]  # bob's limit: 3 waiting or running
+        for job in pending:
+            status = await job.wait_original(can_cancel, timeout=WAIT)
+        reads = count_image_reads(bot.store, monkeypatch)
+
+        for message, label, user in (
+            (done, "Reroll", carol),
+            (done, "Delete", carol),
+            (status, "Cancel", carol),
+        ):
+            refused = await fake.click(message, label=label, user=user)
+            reply = await refused.wait_response(timeout=WAIT)
+            assert reply.ephemeral and "Only" in reply.data["content"], label
+        for label in ("Reroll", "Vary (subtle) 1", "Upscale 1"):
+            over = await fake.click(done, label=label, user=bob)
+            refusal = await over.wait_followup(lambda m: m.ephemeral, timeout=WAIT)
+            assert "limit is 3" in refusal.content, label
+        assert reads == []
+
+        accepted = await fake.click(done, label="Vary (strong) 1", user=carol)
+        await accepted.wait_original(is_queued, timeout=WAIT)
+        assert reads == ["image_source"]  # read once the job has its place
+        for gate in backend.gates.values():
+            gate.set()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.catalog import Catalog, load_catalog
+from bot.catalog import MAX_SUGGESTION_LENGTH, Catalog, load_catalog
 from inference.local.registry import ModelsFileError as RegistryError
 from inference.models_file import ModelsFileError, ModelsFileMissing, read_models_file
 
@@ -47,3 +47,20 @@ def test_the_catalog_refuses_a_wrong_file_like_the_registry(
         load_catalog(path)
     assert message in str(caught.value)
     assert RegistryError is ModelsFileError
+
+
+def test_a_lora_list_longer_than_discord_allows_is_left_out_not_cut() -> None:
+    long_name = "x" * 60
+    catalog = Catalog(loras=[long_name, "detail", "detail-" + "y" * 93])
+    # "detail-yyy…" alone fits 100 characters; after "xxx…," it would not
+    assert catalog.suggest("loras", "detai") == ["detail", "detail-" + "y" * 93]
+    assert catalog.suggest("loras", f"{long_name},detai") == [f"{long_name},detail"]
+    assert all(len(s) <= MAX_SUGGESTION_LENGTH for s in catalog.suggest("loras", f"{long_name},"))
+
+
+def test_suggestions_from_thousands_of_names_list_the_prefix_matches_first() -> None:
+    names = sorted([f"style-{i:05}" for i in range(10_000)] + [f"s-{i:05}" for i in range(10_000)])
+    catalog = Catalog(loras=[*names, "as-inside"])
+    assert catalog.suggest("loras", "s") == names[:25]  # all start with it
+    assert catalog.suggest("loras", "s-0000") == names[:10]
+    assert catalog.suggest("loras", "s-in") == ["as-inside"]

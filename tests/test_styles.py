@@ -15,6 +15,8 @@ from bot_harness import has_images, running_bot
 from fakediscord import FakeDiscord, StoredMessage
 from PIL import Image
 from test_bot_e2e import INPUT, WAIT, make_backend, slash
+from test_delivery import bot_on
+from test_jobs import GatedBackend
 from test_local_backend import Gate
 from tiny_models import TinyModels, gradient_image
 
@@ -298,3 +300,15 @@ async def test_the_list_shows_every_style_of_a_full_server_in_one_message(
     assert listed.startswith(f"**Styles** ({MAX_STYLES} of {MAX_STYLES})")
     assert all(f"- `{name}`" in listed for name in names)
     assert listed.count(": {prompt}, wat") == listed.count("negative: blur") == MAX_STYLES
+
+
+async def test_removing_a_very_long_unknown_name_says_there_is_no_such_style(
+    fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    """The name is echoed cut short: all of it would take the answer past Discord's 2,000
+    characters, and the user would see the generic error instead."""
+    fake, admin = fake_discord, fake_discord.world.alice
+    async with bot_on(fake, GatedBackend(), tmp_path / "jobs.sqlite3"):
+        assert "style:watercolor" in await command(fake, "add", admin, **WATERCOLOR)
+        answer = await command(fake, "remove", admin, name="x" * 3000)
+    assert answer == messages.no_such_style("x" * 39 + "…", ["watercolor"])
