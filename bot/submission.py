@@ -84,6 +84,7 @@ class ImageSource:
     data: bytes | None = None
     stored: str | None = None
     stored_image: int | None = None
+    flagged: bool = False  # the image was flagged NSFW: what is made from it stays flagged
 
 
 def parse_options_line(text: str) -> dict[str, str]:
@@ -339,6 +340,7 @@ async def _load_and_queue(
         init_image=data,
         message_id=status_message_id,  # stored with the job: a restart can finalise the reply
         style=style,
+        init_image_nsfw=source.flagged,
     )
     return await enqueue(interaction, record, note=note)
 

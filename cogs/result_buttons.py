@@ -67,7 +67,9 @@ class _Target:
 
     @property
     def source(self) -> ImageSource:
-        return ImageSource(stored=self.record.id, stored_image=self.number - 1)
+        return ImageSource(
+            stored=self.record.id, stored_image=self.number - 1, flagged=self.image.nsfw
+        )
 
 
 async def _target(

@@ -50,8 +50,9 @@ class Job(BaseModel):
     """The backend's own handle for this job (the API's request id), as it reported it in a
     `ProgressEvent` before a restart: a backend resumes that work instead of starting it again."""
     init_image_nsfw: bool = False
-    """The init image was flagged NSFW. `UpscaleRunner` keeps its upscale flagged whatever the
-    detector scores (a backend's own checker may have flagged it); other backends ignore it."""
+    """The init image was flagged NSFW (an earlier result: Upscale, Vary). Every backend keeps
+    what it makes from it flagged, whatever the detector scores now (the flag may have come from
+    another checker, or a score near the threshold), so it is censored as the request says."""
 
 
 class ProgressEvent(BaseModel):

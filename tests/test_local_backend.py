@@ -211,6 +211,22 @@ async def test_the_safety_checker_flags_and_censors(
     assert flagged.images[0].data != unchecked.images[0].data  # censored
 
 
+async def test_an_image_made_from_a_flagged_one_stays_flagged(
+    backend: LocalBackend, detector: FakeDetector
+) -> None:
+    """Vary of a flagged result: the flag holds whatever the detector scores the new image."""
+    fields = {"safety_checker": "yes", "safety_checker_type": "black"}
+    score, detector.score = detector.score, 0.0
+    try:
+        from_flagged = job("varied", **fields).model_copy(update={"init_image_nsfw": True})
+        kept = await backend.generate(from_flagged, Progress(), CancelToken())
+        plain = await backend.generate(job("plain", **fields), Progress(), CancelToken())
+    finally:
+        detector.score = score
+    assert kept.nsfw_content_detected == [True] and plain.nsfw_content_detected == [False]
+    assert kept.images[0].data != plain.images[0].data  # censored black
+
+
 async def test_bad_names_and_images_are_refused_before_queueing(backend: LocalBackend) -> None:
     progress = Progress()
     with pytest.raises(InvalidRequest, match="Known models: tiny, tiny-file, tiny-xl"):

@@ -297,6 +297,16 @@ async def test_backend_flags_are_reported_and_censored_when_checking(fake: FakeM
     assert close_to(pixel(result.images[1].data, (64, 64)), INVERTED)
 
 
+async def test_an_image_made_from_a_flagged_one_stays_flagged(fake: FakeModelsLab) -> None:
+    detector = FakeDetector(score=0.0)
+    job = make_job(safety_checker="yes", safety_checker_type="black")
+    result = await run(
+        make_backend(fake, detector=detector), job.model_copy(update={"init_image_nsfw": True})
+    )
+    assert result.nsfw_content_detected == [True]
+    assert close_to(pixel(result.images[0].data, (64, 64)), (0, 0, 0))
+
+
 async def test_detector_flags_with_safety_checker_on(fake: FakeModelsLab) -> None:
     detector = FakeDetector(score=0.9)
     result = await run(make_backend(fake, detector=detector), make_job(safety_checker="yes"))

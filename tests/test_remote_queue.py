@@ -20,7 +20,7 @@ from webhook_receiver import LoopbackReceiver, LoopbackTransport
 from inference import BackendError, Cancelled, CancelToken, InvalidRequest
 from inference.remote.keys import GROUP, JOBS, events_key, result_key
 from inference.remote.submitter import RemoteBackend
-from inference.remote.wire import error_fields, read_outcome
+from inference.remote.wire import error_fields, job_fields, read_job, read_outcome
 from inference.settings import InferenceSettings
 from inference.webhooks import WebhookSender
 
@@ -77,6 +77,18 @@ async def test_a_job_crosses_as_raw_bytes_and_its_result_and_progress_come_back(
     assert delivery.body["id"] == "j1" and delivery.body["output"] == [
         b64encode(data[::-1]).decode()
     ]
+
+
+@pytest.mark.parametrize("flagged", [True, False])
+def test_a_stream_entry_carries_the_whole_job(flagged: bool) -> None:
+    job = make_job("j7", data=b"\x89PNG raw").model_copy(
+        update={"external_id": "ml-42", "init_image_nsfw": flagged}
+    )
+    fields = {
+        key.encode(): value.encode() if isinstance(value, str) else value
+        for key, value in job_fields(job).items()
+    }
+    assert read_job(fields) == job
 
 
 async def test_generate_is_idempotent_per_job_id(redis_server: RedisServer) -> None:

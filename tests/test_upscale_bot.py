@@ -201,6 +201,24 @@ async def test_a_censored_result_is_upscaled_from_its_original(
         assert result.attachments[0].spoiler and black(result.attachments[0].data)
 
 
+async def test_a_vary_of_a_flagged_image_stays_flagged(
+    fake_discord: FakeDiscord, models: TinyModels, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    detector = FakeDetector(0.9)  # flags the first result only: then it passes everything
+    backend = make_local(models, detector=detector, threshold=0.5, oom_hook=Gate())
+    build: dict[str, Any] = {"detector": FakeDetector(0.1)}
+    async with running_bot(fake, backend, tmp_path / "v.sqlite3", models.models_file, build=build):
+        inter = await slash(fake, user=fake.world.bob, safety_checker_type="black")
+        done = await inter.wait_original(has_images(1), timeout=WAIT)
+        assert done.attachments[0].spoiler and black(done.attachments[0].data)
+        detector.score = 0.1
+        vary = await fake.click(done, label="Vary (subtle) 1", user=stranger(fake))
+        varied = await vary.wait_original(has_images(1), timeout=WAIT)
+        # made from a flagged image: flagged too, censored as the request says
+        assert varied.attachments[0].spoiler and black(varied.attachments[0].data)
+
+
 async def test_an_upscale_follows_the_servers_nsfw_rules_as_they_are_now(
     fake_discord: FakeDiscord, models: TinyModels, tmp_path: Path
 ) -> None:

@@ -49,6 +49,7 @@ def job_fields(job: Job) -> dict[str, str | bytes]:
         "request": request.model_dump_json(),
         "image": job.init_image,
         "external_id": "" if handle.startswith(QUEUE_HANDLE) else handle,
+        "init_image_nsfw": "1" if job.init_image_nsfw else "",
     }
 
 
@@ -64,6 +65,7 @@ def read_job(fields: Fields, external_id: bytes | None = None) -> Job:
         request=request,
         init_image=fields[b"image"],
         external_id=handle or None,
+        init_image_nsfw=bool(fields.get(b"init_image_nsfw")),
     )
 
 
