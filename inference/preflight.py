@@ -1,8 +1,10 @@
 """Checks before a backend starts, so that an entry point can refuse at once with every problem.
 
 The local backend needs torch and diffusers, the CUDA device `IMG2IMG_DEVICE=cuda` asks for, and
-a valid models file whose local files exist; the ModelsLab backend needs a key. Each check returns
-one line per problem. torch is imported only through the `importer` given (tests pass their own).
+a valid models file whose local files exist; the ModelsLab backend needs a key, http(s) base URLs,
+a `MODELSLAB_WEBHOOK_LISTEN` that parses, and a models file that is valid when it exists (it is
+optional there). Each check returns one line per problem. torch is imported only through the
+`importer` given (tests pass their own).
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from inference.local.registry import ModelRegistry
-from inference.models_file import ModelsFile, ModelsFileError, read_models_file
+from inference.models_file import ModelsFile, ModelsFileError, ModelsFileMissing, read_models_file
 from inference.settings import InferenceSettings
 
-__all__ = ["Importer", "backend_problems", "models_file_problems", "runtime_problems"]
+__all__ = [
+    "Importer",
+    "backend_problems",
+    "models_file_problems",
+    "modelslab_problems",
+    "runtime_problems",
+]
 
 Importer = Callable[[str], Any]
 
@@ -43,12 +51,42 @@ def backend_problems(
     if settings.remote.redis_url is not None and not own_backend:
         return []
     if (name or settings.backend) == "modelslab":
-        if settings.modelslab.api_keys or request_key:
-            return []
-        return ["IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY (or MODELSLAB_API_KEYS)."]
+        return modelslab_problems(settings, request_key=request_key)
     return runtime_problems(settings.local.device, importer) + models_file_problems(
         settings.models_file
     )
+
+
+def modelslab_problems(settings: InferenceSettings, *, request_key: bool = False) -> list[str]:
+    """A key, http(s) base URLs, a webhook address that parses, a valid models file if any."""
+    from inference.errors import BackendUnavailable
+    from inference.modelslab.endpoints import origin_of
+    from inference.modelslab.webhook import parse_listen
+
+    lab = settings.modelslab
+    problems = []
+    if not (lab.api_keys or request_key):
+        problems.append(
+            "IMG2IMG_BACKEND=modelslab needs MODELSLAB_API_KEY (or MODELSLAB_API_KEYS)."
+        )
+    problems += [
+        f"MODELSLAB_BASE_URL: {url!r} is not an http(s) URL with a host; write it like "
+        "https://modelslab.com."
+        for url in lab.base_urls
+        if origin_of(url) is None
+    ]
+    if lab.webhook_listen:
+        try:
+            parse_listen(lab.webhook_listen)
+        except BackendUnavailable as exc:
+            problems.append(str(exc))
+    try:
+        read_models_file(settings.models_file)
+    except ModelsFileMissing:
+        pass  # optional with this backend
+    except ModelsFileError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def runtime_problems(device: str, importer: Importer = importlib.import_module) -> list[str]:

@@ -142,12 +142,12 @@ def more_fetches_than(api: FakeModelsLab, seen: int) -> Callable[[], bool]:
 
 
 async def stored_external_id(bot: Img2ImgBot, api: FakeModelsLab) -> str:
-    """The API's request id once the bot has stored it with the job; checked after each fetch
-    (the API keeps answering "processing"), a bounded number of times."""
+    """The job's handle (origin|id) once the bot has stored it with the API's request id;
+    checked after each fetch (the API keeps answering "processing"), a bounded number of times."""
     await api.wait_until(lambda: bool(api.submits), timeout=WAIT)  # the job is stored by now
     for _ in range(200):
         (record,) = await bot.store.unfinished()
-        if record.external_id is not None:
+        if record.external_id is not None and not record.external_id.endswith("|unconfirmed"):
             return record.external_id
         await api.wait_until(more_fetches_than(api, len(api.fetches)), timeout=WAIT)
     raise AssertionError("the bot never stored the API's request id")
@@ -162,7 +162,7 @@ async def test_a_job_the_api_accepted_is_not_paid_for_again_after_a_restart(
         await slash(fake_discord, width=64, height=64, seed=5)
         external_id = await stored_external_id(first, api)
     (accepted,) = api.jobs.values()
-    assert external_id == str(accepted.id) and len(api.submits) == 1
+    assert external_id == f"{api.base_url}|{accepted.id}" and len(api.submits) == 1
     accepted.polls_left = api.polls = 0  # the API finished the job while the bot was down
     mark = fake_discord.mark()
     async with running_bot(fake_discord, backend_for(api), database, MODELS_FILE) as second:

@@ -309,6 +309,20 @@ async def test_modelslab_without_a_key_exits_2_unless_the_request_brings_one(
     assert len(fake.submits) == 1
 
 
+async def test_broken_modelslab_settings_exit_2_at_start(
+    fake: FakeModelsLab, tmp_path: Path, init_file: Path
+) -> None:
+    (tmp_path / "models.toml").write_text("default_model = [")
+    args = ("--init-image", str(init_file), "--prompt", "x", "--out", str(tmp_path))
+    env = {"MODELSLAB_BASE_URL": "modelslab.com", "MODELSLAB_WEBHOOK_LISTEN": "localhost"}
+    run = await cli(fake, tmp_path, *args, **env)
+    assert run.code == 2 and fake.requests == []
+    lines = run.stderr.splitlines()
+    assert len(lines) == 3, run.stderr
+    assert lines[0].startswith("error: MODELSLAB_BASE_URL: 'modelslab.com' is not an http(s)")
+    assert "MODELSLAB_WEBHOOK_LISTEN" in lines[1] and "models.toml" in lines[2]
+
+
 def failing_backend(*args: object, **kwargs: object) -> None:
     raise RuntimeError("a bug\nspread over two lines")
 

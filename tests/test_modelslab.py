@@ -6,6 +6,8 @@ import asyncio
 import base64
 import io
 import logging
+import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -30,9 +32,12 @@ from inference import (
     ProgressEvent,
 )
 from inference.models_file import ModelsFileError
+from inference.modelslab import backend as backend_module
+from inference.modelslab import client as client_module
 from inference.modelslab.backend import ModelsLabBackend
-from inference.modelslab.client import RetryPolicy
+from inference.modelslab.client import RetryPolicy, encode_json
 from inference.modelslab.endpoints import ApiPaths, EndpointPool
+from inference.modelslab.payload import request_body, unwrap_image_bytes
 from inference.modelslab.polling import PollPolicy
 from inference.modelslab.responses import parse_body
 from inference.modelslab.webhook import WebhookReceiver, parse_listen
@@ -218,8 +223,9 @@ async def test_processing_is_polled_through_fetch_result(fake: FakeModelsLab, st
     assert {r.path for r in fake.fetches} == {f"/api/v3/dreambooth/fetch/{next(iter(fake.jobs))}"}
     assert all(r.body and r.body["key"] == API_KEY for r in fake.fetches)
     assert fake.early_output_gets == 0, "future_links were fetched as if they were results"
-    assert [e.stage for e in events] == ["queued", "running", "running", "postprocessing"]
-    assert events[0].eta_seconds is not None and 0 < events[0].eta_seconds <= 0.05
+    stages = ["queued", "queued", "running", "running", "postprocessing"]
+    assert [e.stage for e in events] == stages  # the first: sent, id not known yet
+    assert events[1].eta_seconds is not None and 0 < events[1].eta_seconds <= 0.05
     assert len(result.images) == 1
 
 
@@ -263,6 +269,38 @@ async def test_base64_text_outputs_are_decoded(fake: FakeModelsLab) -> None:
     fake.base64_outputs = True
     result = await run(make_backend(fake), make_job())
     assert close_to(pixel(result.images[0].data, (10, 10)), INVERTED)
+
+
+async def test_large_bodies_and_outputs_are_coded_off_the_event_loop(
+    fake: FakeModelsLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submit body is base64-encoded and JSON-encoded once, in a worker thread, however
+    many times it is sent; base64 outputs are decoded there too."""
+    calls: dict[str, list[int]] = {"request_body": [], "encode_json": [], "unwrap": []}
+
+    def spy(name: str, real: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if name != "encode_json" or "init_image" in args[0]:
+                calls[name].append(threading.get_ident())
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(backend_module, "request_body", spy("request_body", request_body))
+    monkeypatch.setattr(client_module, "encode_json", spy("encode_json", encode_json))
+    monkeypatch.setattr(backend_module, "unwrap_image_bytes", spy("unwrap", unwrap_image_bytes))
+    fake.base64_outputs = True
+    fake.script("img2img", Reply(200, RATE_LIMITED), Reply(200, RATE_LIMITED))
+    result = await run(make_backend(fake), make_job())
+    assert len(fake.submits) == 3 and len(result.images) == 1
+    assert len({r.body["init_image"] for r in fake.submits if r.body}) == 1
+    loop_thread = threading.get_ident()
+    assert {name: len(idents) for name, idents in calls.items()} == {
+        "request_body": 1,
+        "encode_json": 1,
+        "unwrap": 1,
+    }
+    assert loop_thread not in {ident for idents in calls.values() for ident in idents}
 
 
 @pytest.mark.parametrize(
@@ -364,6 +402,18 @@ async def test_a_503_submission_and_5xx_fetches_are_retried(fake: FakeModelsLab)
     fake.script("fetch", HTML_500, Reply(503, {"status": "error", "message": "Unavailable"}))
     result = await run(make_backend(fake), make_job())
     assert len(fake.submits) == 2 and len(fake.fetches) == 3 and result.images
+
+
+async def test_fetches_are_retried_until_the_deadline_not_max_retries(
+    fake: FakeModelsLab,
+) -> None:
+    """A short outage of the fetch route must not fail a job that is paid for already."""
+    fake.polls = 2
+    bad_gateway = Reply(502, "<html>Bad gateway</html>", "text/html")
+    fake.script("fetch", *[bad_gateway] * (FAST_RETRY.max_retries + 4))
+    result = await run(make_backend(fake), make_job())
+    assert len(result.images) == 1 and len(fake.submits) == 1
+    assert len(fake.fetches) == FAST_RETRY.max_retries + 4 + 2
 
 
 async def test_a_500_on_submission_is_not_sent_again(fake: FakeModelsLab) -> None:
@@ -768,17 +818,36 @@ async def test_the_webhook_refuses_forged_and_dedups_deliveries() -> None:
         await receiver.aclose()
 
 
+async def test_a_webhook_port_in_use_is_a_clear_error_and_leaks_nothing(
+    fake: FakeModelsLab,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        receiver = WebhookReceiver(f"127.0.0.1:{port}")
+        backend = make_backend(fake, webhook=receiver)
+        with pytest.raises(BackendUnavailable, match="MODELSLAB_WEBHOOK_LISTEN") as caught:
+            await backend.generate(make_job(), lambda e: None, CancelToken())
+        assert f"127.0.0.1:{port}" in str(caught.value) and "free port" in str(caught.value)
+        assert receiver._runner is None and fake.submits == []
+    await run(backend, make_job())  # the port is free now: the same receiver starts
+    assert receiver._runner is None and len(fake.submits) == 1  # closed by run()
+
+
 # -- paying once: a resumed job is fetched by the id the API gave ---------------------------------
 
 
 async def submit_then_crash(fake: FakeModelsLab, job: Job) -> str:
-    """Run `job` until the backend reports the API's id, then stop it as a restart would."""
+    """Run `job` until the backend reports the API's id, then stop it as a restart would;
+    the handle reported (origin|id)."""
     token, reported = CancelToken(), []
 
     def on_progress(event: ProgressEvent) -> None:
         if event.external_id is not None:
             reported.append(event.external_id)
-            token.cancel()
+            if not event.external_id.endswith("|unconfirmed"):
+                token.cancel()
 
     backend = make_backend(fake)
     try:
@@ -786,8 +855,13 @@ async def submit_then_crash(fake: FakeModelsLab, job: Job) -> str:
             await backend.generate(job, on_progress, token)
     finally:
         await backend.aclose()
-    assert reported == [next(iter(fake.jobs))], "the API's request id was not reported"
-    return reported[0]
+    (api_id,) = fake.jobs
+    assert reported == [f"{fake.base_url}|unconfirmed", f"{fake.base_url}|{api_id}"]
+    return reported[-1]
+
+
+def api_id_of(handle: str) -> str:
+    return handle.rsplit("|", 1)[1]
 
 
 async def test_a_resumed_job_is_fetched_by_its_id_not_submitted_again(
@@ -795,10 +869,11 @@ async def test_a_resumed_job_is_fetched_by_its_id_not_submitted_again(
 ) -> None:
     fake.polls = 3
     job = make_job(seed=9)
-    api_id = await submit_then_crash(fake, job)
+    handle = await submit_then_crash(fake, job)
+    api_id = api_id_of(handle)
     assert len(fake.submits) == 1 and fake.fetches == []
 
-    result = await run(make_backend(fake), job.model_copy(update={"external_id": api_id}))
+    result = await run(make_backend(fake), job.model_copy(update={"external_id": handle}))
     assert len(fake.submits) == 1, "the resumed job was paid for twice"
     assert result.id == job.id and len(result.images) == 1 and result.seeds == [9]
     assert {str((r.body or {}).get("request_id")) for r in fake.fetches} == {api_id}
@@ -811,7 +886,10 @@ async def test_an_immediate_success_reports_its_id_before_downloading(
     events: list[ProgressEvent] = []
     await run(make_backend(fake), make_job(), events)
     (api_id,) = fake.jobs
-    assert [(e.stage, e.external_id) for e in events] == [("postprocessing", api_id)]
+    assert [(e.stage, e.external_id) for e in events] == [
+        ("queued", f"{fake.base_url}|unconfirmed"),
+        ("postprocessing", f"{fake.base_url}|{api_id}"),
+    ]
 
 
 async def test_a_resumed_id_the_api_does_not_know_fails_without_paying_again(
@@ -824,18 +902,69 @@ async def test_a_resumed_id_the_api_does_not_know_fails_without_paying_again(
     assert fake.submits == [] and len(fake.fetches) == 1
 
 
-async def test_a_resumed_job_is_looked_for_on_every_configured_origin(
+async def test_an_old_bare_id_is_looked_for_on_every_configured_origin(
     fake: FakeModelsLab,
 ) -> None:
+    """A handle stored before handles named their origin."""
     fake.polls = 2
     job = make_job()
-    api_id = await submit_then_crash(fake, job)
+    api_id = api_id_of(await submit_then_crash(fake, job))
     async with FakeModelsLab() as other:  # knows no job
         pool = EndpointPool([other.base_url, fake.base_url], [SecretStr(API_KEY)])
         resumed = job.model_copy(update={"external_id": api_id})
         result = await run(make_backend(fake, pool=pool), resumed)
     assert len(other.fetches) == 1 and other.submits == []
     assert len(fake.submits) == 1 and result.images
+
+
+async def test_a_resumed_job_is_fetched_only_at_its_own_origin() -> None:
+    """Origins count ids on their own: another origin's job with the same id is not taken."""
+    async with FakeModelsLab() as a, FakeModelsLab() as b:
+        a.polls = b.polls = 2
+        mine = make_job(prompt="MINE")
+        handle = await submit_then_crash(b, mine)
+        await submit_then_crash(a, make_job(prompt="SOMEONE ELSE"))
+        api_id = api_id_of(handle)
+        assert api_id in a.jobs, "the scenario needs both origins to hold the id"
+        pool = EndpointPool([a.base_url, b.base_url], [SecretStr(API_KEY)])
+        resumed = mine.model_copy(update={"external_id": handle})
+        result = await run(make_backend(b, pool=pool), resumed)
+    assert a.fetches == [] and b.jobs[api_id].done and not a.jobs[api_id].done
+    assert len(result.images) == 1
+
+
+async def test_a_job_whose_answer_was_lost_is_not_sent_again_after_a_restart(
+    fake: FakeModelsLab,
+) -> None:
+    """The process stops while the submit's answer is missing (the webhook never came)."""
+    fake.lose_answers, fake.webhook_repeats = 1, 0
+    events: list[ProgressEvent] = []
+    token = CancelToken()
+    backend = make_backend(fake, request_timeout=0.3, webhook=WebhookReceiver("127.0.0.1:0"))
+    job = make_job()
+    running = asyncio.ensure_future(backend.generate(job, events.append, token))
+    try:
+        await fake.wait_until(lambda: len(fake.submits) == 1)
+        token.cancel()  # the restart
+        with pytest.raises(Cancelled):
+            await running
+    finally:
+        await backend.aclose()
+    handles = [e.external_id for e in events if e.external_id is not None]
+    assert handles == [f"{fake.base_url}|unconfirmed"]
+
+    resumed = job.model_copy(update={"external_id": handles[-1]})
+    with pytest.raises(BackendError, match="may already have run") as caught:
+        await run(make_backend(fake), resumed)
+    assert "send it again" in str(caught.value)
+    assert len(fake.submits) == 1 and fake.fetches == []
+
+
+async def test_a_resumed_origin_no_longer_configured_fails_clearly(fake: FakeModelsLab) -> None:
+    job = make_job().model_copy(update={"external_id": "https://gone.test|7"})
+    with pytest.raises(BackendError, match=r"https://gone\.test .* no longer in MODELSLAB_BASE"):
+        await run(make_backend(fake), job)
+    assert fake.requests == []
 
 
 # -- the key goes only to the configured origins --------------------------------------------------

@@ -106,3 +106,23 @@ def test_the_backend_in_the_settings_is_checked(tmp_path: Path) -> None:
     problems = backend_problems(local, importer=load)
     assert [p.split(" ")[0] for p in problems] == ["IMG2IMG_DEVICE=cuda,", "The"]
     assert backend_problems(local, "modelslab", importer=load) != problems  # the name wins
+
+
+def test_modelslab_settings_are_checked_before_any_job(tmp_path: Path) -> None:
+    """Broken base URL, webhook address or models file: refused at start, all at once."""
+    lab = ModelsLabSettings(
+        api_keys="sk-1", base_urls="https://ok.test,modelslab.com", webhook_listen="8088"
+    )
+    broken = InferenceSettings(
+        backend="modelslab", modelslab=lab, models_file=write_models(tmp_path, "[models")
+    )
+    problems = backend_problems(broken)
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("MODELSLAB_BASE_URL: 'modelslab.com' is not an http(s) URL")
+    assert "MODELSLAB_WEBHOOK_LISTEN must look like 0.0.0.0:8088" in problems[1]
+    assert str(tmp_path / "models.toml") in problems[2]
+    fine = ModelsLabSettings(api_keys="sk-1", webhook_listen="127.0.0.1:8088")
+    absent = tmp_path / "absent.toml"  # optional with this backend
+    assert (
+        backend_problems(broken.model_copy(update={"modelslab": fine, "models_file": absent})) == []
+    )

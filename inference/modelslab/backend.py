@@ -7,11 +7,14 @@ outputs (noting any shortfall against `samples`), then the shared post-processin
 (`inference.postprocess.finish_images`). The whole job runs under `MODELSLAB_JOB_TIMEOUT` and
 stops promptly when its `CancelToken` fires.
 
-A job is paid for once: progress events carry the API's request id (`external_id`) once the API
-has accepted the job, and a job handed back with that id after a restart is fetched by it, never
-submitted again (an id the API no longer knows fails the job). A submission whose answer was lost
-is not repeated either: with the webhook receiver on, its delivery (matched by `track_id`) still
-completes the job; without it the job fails saying that it may have run at the API.
+A job is paid for once: progress events carry its handle (`external_id`, see `handles`): the
+origin it goes to, reported before the POST, then with the API's request id once the API has
+accepted it. A job handed back with an id after a restart is fetched by it at that origin, never
+submitted again (an id the API no longer knows fails the job); one handed back before its id was
+known (the answer was lost, or the process stopped during the POST) fails saying that it may have
+run at the API. A submission whose answer was lost is not repeated either: with the webhook
+receiver on, its delivery (matched by `track_id`) still completes the job; without it the job
+fails saying that it may have run at the API.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from inference.errors import BackendError, BackendTimeout, InvalidImage
 from inference.models_file import ModelsFileMissing, read_models_file
 from inference.modelslab.client import ApiClient, RetryPolicy, SubmissionUnknown, new_http_client
 from inference.modelslab.endpoints import ApiPaths, Endpoint, EndpointPool
+from inference.modelslab.handles import format_handle, parse_handle
 from inference.modelslab.payload import (
     inline_output,
     request_body,
@@ -200,8 +204,9 @@ class ModelsLabBackend:
         timeout = asyncio.timeout_at(deadline)
         try:
             async with timeout:
-                final = await self._submit_and_wait(job, progress, deadline)
-                done = ProgressEvent(job_id=job.id, stage="postprocessing", external_id=final.id)
+                endpoint, final = await self._submit_and_wait(job, progress, deadline)
+                handle = format_handle(endpoint.base_url, final.id) if final.id else None
+                done = ProgressEvent(job_id=job.id, stage="postprocessing", external_id=handle)
                 report_progress(progress, done)
                 return await self._finish(job, final, started, deadline)
         except TimeoutError:
@@ -230,20 +235,23 @@ class ModelsLabBackend:
             await self._webhook.start()
             webhook = self._webhook.url
         size = request.output_size(decoded.size)
-        return request_body(request, size=size, upload=upload, webhook=webhook, track_id=job.id)
+        return await asyncio.to_thread(  # base64 of a large image: not on the event loop
+            request_body, request, size=size, upload=upload, webhook=webhook, track_id=job.id
+        )
 
     async def _submit_and_wait(
         self, job: Job, progress: ProgressCallback, deadline: float
-    ) -> ApiResponse:
+    ) -> tuple[Endpoint, ApiResponse]:
         body = None if job.external_id else await self._body(job)
         receiver = self._webhook if body is not None and "webhook" in body else None
         delivery = receiver.expect(job.id) if receiver is not None else None
         try:
             async with self._slot(job.id, progress):
                 if body is None:
-                    endpoint, first = await self._resume(job, deadline)
+                    endpoint, first, api_id = await self._resume(job, deadline)
                 else:
-                    endpoint, first = await self._submit(job, body, delivery, deadline)
+                    endpoint, first = await self._submit(job, body, delivery, progress, deadline)
+                    api_id = None
                 final = await poll_until_done(
                     self._client,
                     first,
@@ -254,25 +262,29 @@ class ModelsLabBackend:
                     deadline=deadline,
                     policy=self._poll,
                     delivery=delivery,
-                    api_id=job.external_id,
+                    api_id=api_id,
                 )
         finally:
             if receiver is not None:
                 receiver.forget(job.id)
         if final.failed:
             raise error_for(final, model_id=job.request.model_id)
-        return final
+        return endpoint, final
 
     async def _submit(
         self,
         job: Job,
         body: dict[str, Any],
         delivery: asyncio.Future[ApiResponse] | None,
+        progress: ProgressCallback,
         deadline: float,
     ) -> tuple[Endpoint, ApiResponse]:
-        """Send the job once; a lost answer is waited for through the webhook when it is on."""
+        """Send the job once; a lost answer is waited for through the webhook when it is on.
+        The origin is reported first, so that a restart during the POST does not send it again."""
         endpoint = self._pool.next(job.request.key)
         url = endpoint.url(self._paths.img2img)
+        sent = format_handle(endpoint.base_url, None)
+        report_progress(progress, ProgressEvent(job_id=job.id, stage="queued", external_id=sent))
         try:
             first = await self._client.submit(url, endpoint.body(**body), deadline=deadline)
         except SubmissionUnknown as exc:
@@ -283,16 +295,27 @@ class ModelsLabBackend:
         log.info("job %s: ModelsLab id %s, %s", job.id, first.id, first.status)
         return endpoint, first
 
-    async def _resume(self, job: Job, deadline: float) -> tuple[Endpoint, ApiResponse]:
-        """Find the request the API accepted before a restart by its id, on whichever configured
-        endpoint knows it; one it no longer knows fails the job rather than paying twice."""
-        api_id = job.external_id
-        for endpoint in self._pool.candidates(job.request.key):
+    async def _resume(self, job: Job, deadline: float) -> tuple[Endpoint, ApiResponse, str]:
+        """Find the request the API accepted before a restart by its id, at the origin it was
+        sent to (an old bare id: on whichever configured origin knows it); one it no longer
+        knows fails the job rather than paying twice."""
+        handle = parse_handle(job.external_id or "")
+        api_id = handle.api_id
+        if api_id is None:
+            raise BackendError(UNCONFIRMED_LOST)
+        key = job.request.key
+        if handle.origin is None:
+            endpoints = self._pool.candidates(key)
+        else:
+            endpoints = self._pool.at(handle.origin, key)
+            if not endpoints:
+                raise BackendError(origin_gone(handle.origin))
+        for endpoint in endpoints:
             url, body = endpoint.fetch(self._paths, api_id, None)
             answer = await self._client.call(url, body, deadline=deadline)
             if not request_unknown(answer):
                 log.info("job %s: resumed ModelsLab id %s, %s", job.id, api_id, answer.status)
-                return endpoint, answer
+                return endpoint, answer, api_id
         raise BackendError(
             f"ModelsLab no longer knows request {api_id}, which this job was sent as before the "
             "bot restarted (it may have expired). It was not sent again, so it is not paid for "
@@ -300,13 +323,13 @@ class ModelsLabBackend:
         )
 
     async def _output(self, entry: str, deadline: float) -> bytes:
+        """An output's bytes as given (maybe base64: `_decode_outputs` unwraps them)."""
         inline = inline_output(entry)
         if inline is not None:
             return inline
-        raw = await self._client.download(
+        return await self._client.download(
             entry, max_bytes=self._max_output_bytes, deadline=deadline
         )
-        return unwrap_image_bytes(raw)
 
     async def _finish(
         self, job: Job, final: ApiResponse, started: float, deadline: float
@@ -356,11 +379,26 @@ class ModelsLabBackend:
         return result
 
 
+UNCONFIRMED_LOST = (
+    "This job was sent to ModelsLab before a restart, but ModelsLab's answer never came, so it "
+    "may already have run (and been charged) there and cannot be recovered. It was not sent "
+    "again; send it again to get images (that may be charged again)."
+)
+
+
+def origin_gone(origin: str) -> str:
+    return (
+        f"This job was sent to ModelsLab at {origin} before a restart, and that origin is no "
+        "longer in MODELSLAB_BASE_URL, so it cannot be fetched; add it back to get the images, "
+        "or send the job again (that may be charged again)."
+    )
+
+
 def _decode_outputs(raws: Sequence[bytes]) -> list[Image.Image]:
     pictures = []
     for number, raw in enumerate(raws, start=1):
         try:
-            pictures.append(images.decode_image(raw))
+            pictures.append(images.decode_image(unwrap_image_bytes(raw)))
         except InvalidImage as exc:
             raise BackendError(f"ModelsLab output {number} is not a usable image: {exc}") from None
     if not pictures:

@@ -1,12 +1,15 @@
 """HTTP to the ModelsLab API over one shared `httpx.AsyncClient`: calls with retries, downloads.
 
-Fetches (`call`) are safe to repeat: rate limits, 5xx answers, timeouts and connection errors are
-retried with exponential backoff and jitter, up to `RetryPolicy.max_retries` and never past the
-job's deadline. A generation POST (`submit`) is a paid job: it is repeated only when it surely did
-not reach the API (no connection made, 429 or a rate-limit answer, 503); after a read timeout, a
-dropped connection or another 5xx the API may have accepted it, so `SubmissionUnknown` is raised
+Fetches (`call`) are free and safe to repeat: rate limits, 5xx answers, timeouts and connection
+errors are retried with capped exponential backoff and jitter until the job's deadline (a short
+outage must not fail a job that is paid for already). A generation POST (`submit`) is a paid job:
+it is retried at most `RetryPolicy.max_retries` times, and only when it surely did not reach the
+API (no connection made, 429 or a rate-limit answer, 503); after a read timeout, a dropped
+connection or another 5xx the API may have accepted it, so `SubmissionUnknown` is raised
 instead. Every other answer is returned parsed (`ApiResponse`); interpreting an error answer is
 the caller's business.
+A submission's body (the init image inline, megabytes) is encoded to JSON once, off the event
+loop, and the same bytes are sent on every attempt.
 The key travels only in JSON bodies: it is never in a URL, a log line or an exception, and it is
 scrubbed from whatever the API sends back.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -33,14 +37,15 @@ from inference.modelslab.responses import (
     parse_body,
 )
 
-__all__ = ["ApiClient", "RetryPolicy", "SubmissionUnknown", "new_http_client"]
+__all__ = ["ApiClient", "RetryPolicy", "SubmissionUnknown", "encode_json", "new_http_client"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently failed calls and not-yet-ready downloads are retried."""
+    """How often and how patiently failed calls and not-yet-ready downloads are retried
+    (`max_retries`: submissions only; fetches retry until the job's deadline)."""
 
     max_retries: int = 4
     base_delay: float = 1.0
@@ -73,6 +78,15 @@ class SubmissionUnknown(BackendError):
             f"ModelsLab did not confirm the job ({reason}). It was not sent again because "
             "ModelsLab may have received it and may still run (and bill) it; try again later."
         )
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def encode_json(body: dict[str, Any]) -> bytes:
+    """A request body as the UTF-8 JSON bytes posted (compact, as httpx's `json=`)."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
 
 
 # Failures before the request was sent: a repeat cannot make a second job at the API.
@@ -123,39 +137,44 @@ class ApiClient:
         self._request_timeout = request_timeout
 
     async def call(self, url: str, body: dict[str, Any], *, deadline: float) -> ApiResponse:
-        """POST a fetch (safe to repeat) to `url`; retry what is worth retrying."""
-        return await self._post(url, body, deadline=deadline, repeatable=True)
+        """POST a fetch (safe to repeat, and small) to `url`; retry what is worth retrying."""
+        content = encode_json(body)
+        return await self._post(url, content, body.get("key"), deadline=deadline, repeatable=True)
 
     async def submit(self, url: str, body: dict[str, Any], *, deadline: float) -> ApiResponse:
         """POST a generation to `url`; repeated only when it surely did not reach the API."""
-        return await self._post(url, body, deadline=deadline, repeatable=False)
+        content = await asyncio.to_thread(encode_json, body)
+        secret = body.get("key")
+        return await self._post(url, content, secret, deadline=deadline, repeatable=False)
 
     async def _post(
-        self, url: str, body: dict[str, Any], *, deadline: float, repeatable: bool
+        self, url: str, content: bytes, secret: str | None, *, deadline: float, repeatable: bool
     ) -> ApiResponse:
         loop = asyncio.get_running_loop()
         for attempt in itertools.count(1):
             try:
-                return await self._attempt(url, body, repeatable=repeatable)
+                return await self._attempt(url, content, secret, repeatable=repeatable)
             except _Retry as retry:
                 wait = retry.wait if retry.wait is not None else self._retry.delay(attempt)
-                if attempt > self._retry.max_retries or loop.time() + wait >= deadline:
+                out_of_tries = not repeatable and attempt > self._retry.max_retries
+                if out_of_tries or loop.time() + wait >= deadline:
                     raise retry.final from None
                 log.warning(
-                    "ModelsLab %s: %s; retry %d of %d in %.2f s",
+                    "ModelsLab %s: %s; retry %d in %.2f s",
                     urlsplit(url).path,
                     retry.reason,
                     attempt,
-                    self._retry.max_retries,
                     wait,
                 )
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, url: str, body: dict[str, Any], *, repeatable: bool) -> ApiResponse:
+    async def _attempt(
+        self, url: str, content: bytes, secret: str | None, *, repeatable: bool
+    ) -> ApiResponse:
         timeout = self._request_timeout
         try:
-            response = await self._http.post(url, json=body, timeout=timeout)
+            response = await self._http.post(url, content=content, headers=_JSON, timeout=timeout)
         except _NOT_SENT as exc:
             raise _Retry(
                 f"connection failed ({type(exc).__name__})",
@@ -180,8 +199,8 @@ class ApiClient:
             raise _Retry(reason, final) from None
         except httpx.InvalidURL:
             raise BackendUnavailable(f"{url!r} is not a valid ModelsLab URL.") from None
-        content = _scrub(response.content, body.get("key"))
-        return self._interpret(response, content, repeatable=repeatable)
+        answer = _scrub(response.content, secret)
+        return self._interpret(response, answer, repeatable=repeatable)
 
     def _interpret(
         self, response: httpx.Response, content: bytes, *, repeatable: bool

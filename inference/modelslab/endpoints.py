@@ -132,6 +132,12 @@ class EndpointPool:
         self._check_keys()
         return list(self._endpoints)
 
+    def at(self, base_url: str, key: SecretStr | None = None) -> list[Endpoint]:
+        """The endpoints on the configured origin `base_url` (a resumed job's own origin);
+        empty when it is no longer configured."""
+        wanted = base_url.rstrip("/")
+        return [e for e in self.candidates(key) if e.base_url == wanted]
+
     def _check_keys(self) -> None:
         if not self._endpoints:
             raise BackendUnavailable(

@@ -92,7 +92,8 @@ def unwrap_image_bytes(raw: bytes) -> bytes:
 
 
 def inline_output(entry: str) -> bytes | None:
-    """The bytes of an output given inline (data URI or bare base64); None for a URL."""
+    """The text of an output given inline (data URI or bare base64), still encoded (see
+    `unwrap_image_bytes`); None for a URL."""
     if entry.startswith(("http://", "https://")):
         return None
-    return unwrap_image_bytes(entry.encode("ascii", "replace"))
+    return entry.encode("ascii", "replace")

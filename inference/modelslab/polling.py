@@ -3,7 +3,8 @@
 The first wait is about the API's `eta`; later waits back off (or follow a fresh `eta`), all under
 the job's deadline, which the caller enforces. `future_links` are never results: only a
 "success" answer with `output` ends the wait. Every progress event carries the API's request id
-(`external_id`), so a job resumed after a restart is fetched by it rather than sent again.
+as its handle (`external_id`, origin and id), so a job resumed after a restart is fetched by it
+rather than sent again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from inference.errors import BackendError
 from inference.modelslab.client import ApiClient
 from inference.modelslab.endpoints import ApiPaths, Endpoint
+from inference.modelslab.handles import format_handle
 from inference.modelslab.responses import ApiResponse
 from inference.port import ProgressCallback, ProgressEvent
 from inference.running import report_progress
@@ -90,7 +92,7 @@ async def poll_until_done(
                 stage="queued" if polls == 0 else "running",
                 eta_seconds=None if eta_at is None else max(0.0, eta_at - loop.time()),
                 message=f"ModelsLab: {answer.text}" if answer.text else None,
-                external_id=api_id,
+                external_id=format_handle(endpoint.base_url, api_id) if api_id else None,
             ),
         )
         delivered = await _sleep_or_delivery(delay, delivery)

@@ -69,8 +69,16 @@ class WebhookReceiver:
             app.router.add_post("/{tail:.*}", self._handle)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
+            try:
+                await web.TCPSite(runner, self._host, self._port).start()
+            except OSError as exc:
+                await runner.cleanup()
+                raise BackendUnavailable(
+                    f"The ModelsLab webhook receiver cannot listen on {self._host}:{self._port} "
+                    f"(MODELSLAB_WEBHOOK_LISTEN): {exc.strerror or exc}. Set "
+                    "MODELSLAB_WEBHOOK_LISTEN to a free port (or a host of this machine), or "
+                    "unset it to poll for results instead."
+                ) from None
             if self._port == 0:
                 self._port = int(runner.addresses[0][1])
             self._runner = runner
