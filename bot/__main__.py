@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -19,7 +20,7 @@ import discord
 from bot import startup
 from bot.acks import AckTracker
 from bot.catalog import load_catalog
-from bot.client import Img2ImgBot, point_discord_at
+from bot.client import CommandSyncFailed, Img2ImgBot, point_discord_at
 from bot.config import BotSettings
 from bot.connect import Backoff, describe_unreachable, wait_until_reachable
 from bot.jobs import FairQueue, QueueLimits
@@ -132,6 +133,8 @@ async def run(
             login.result()
         except discord.LoginFailure:
             return _fail("Discord refused DISCORD_TOKEN; copy the bot token again from the portal.")
+        except CommandSyncFailed as exc:  # raised by setup_hook, which login() runs
+            return _fail(sync_refused(exc))
         except discord.HTTPException as exc:
             return _fail(f"Discord answered {exc.status} to the login; check DISCORD_API_BASE.")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -142,6 +145,20 @@ async def run(
             await bot.close()  # running jobs get the shutdown grace; connect() then returns
         await connect
     return 0
+
+
+def sync_refused(exc: CommandSyncFailed) -> str:
+    """The line for a refused command sync: what the operator can change."""
+    where = (
+        f"DISCORD_DEV_GUILD={exc.dev_guild} must be the id of a server the bot has joined"
+        if exc.dev_guild
+        else "they are synced globally (DISCORD_DEV_GUILD is not set)"
+    )
+    return (
+        f"Discord refused to sync the slash commands ({exc}): {where}, and the bot must be "
+        "invited with the `applications.commands` scope (the invite link's scopes: bot and "
+        "applications.commands)."
+    )
 
 
 async def _stopped_first(
@@ -162,7 +179,19 @@ async def _stopped_first(
     return True
 
 
-def main() -> int:
+def parse_arguments(argv: Sequence[str] | None) -> None:
+    """`--help` (exit 0) and nothing else (exit 2): the settings come from the environment."""
+    argparse.ArgumentParser(
+        prog="python -m bot",
+        description="The img2img Discord bot: /img2img and its buttons, run on the local backend, "
+        "ModelsLab or GPU workers through Redis. It takes no arguments: every setting comes from "
+        "the environment or a .env file in the working directory (see the Settings table in "
+        "README.md). It exits with code 2 and one line per problem when a setting is wrong.",
+    ).parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parse_arguments(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -26,7 +26,7 @@ from bot.resume import Leftovers, resume_jobs
 from bot.store import JobStore
 from inference import Backend, InferenceSettings
 
-__all__ = ["EXTENSIONS", "Img2ImgBot", "Img2ImgTree", "point_discord_at"]
+__all__ = ["EXTENSIONS", "CommandSyncFailed", "Img2ImgBot", "Img2ImgTree", "point_discord_at"]
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ("cogs.img2img", "cogs.admin", "cogs.history", "cogs.styles")
@@ -38,6 +38,17 @@ warm keep-alive connections for its acknowledgements instead of opening (and, in
 TLS-handshaking) one per interaction; measured in bench/bot_burst.py."""
 PURGE_INTERVAL = 3600.0
 """Seconds between two purges of the records past the retention period (the first at start)."""
+
+
+class CommandSyncFailed(Exception):
+    """Discord refused the slash commands' sync at start (`error`): a wrong
+    `DISCORD_DEV_GUILD`, a server the bot is not in, or an invite without the
+    `applications.commands` scope; told apart from a failed login."""
+
+    def __init__(self, error: discord.HTTPException, dev_guild: int | None) -> None:
+        super().__init__(f"HTTP {error.status}, error {error.code}: {error.text}")
+        self.error = error
+        self.dev_guild = dev_guild
 
 
 def point_discord_at(api_base: str, gateway_url: str | None) -> None:
@@ -168,12 +179,16 @@ class Img2ImgBot(commands.AutoShardedBot):
 
     async def _sync_commands(self) -> None:
         what = "syncing the commands"
-        if self.settings.discord.dev_guild:
-            guild = discord.Object(id=self.settings.discord.dev_guild)
-            self.tree.copy_global_to(guild=guild)
-            await retrying(lambda: self.tree.sync(guild=guild), self.delivery_policy, what)
-        else:
-            await retrying(self.tree.sync, self.delivery_policy, what)
+        dev_guild = self.settings.discord.dev_guild
+        try:
+            if dev_guild:
+                guild = discord.Object(id=dev_guild)
+                self.tree.copy_global_to(guild=guild)
+                await retrying(lambda: self.tree.sync(guild=guild), self.delivery_policy, what)
+            else:
+                await retrying(self.tree.sync, self.delivery_policy, what)
+        except discord.HTTPException as exc:  # transient errors were retried; this one stays
+            raise CommandSyncFailed(exc, dev_guild) from exc
 
     async def _resume_unfinished(self, leftovers: Leftovers) -> None:
         """Post what was not posted before a restart, and queue again what did not finish

@@ -3,6 +3,7 @@ waits for an unreachable Discord (one line per attempt) and stops on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import signal
@@ -14,6 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakediscord import FakeDiscord
+
+from bot.__main__ import main as bot_main
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTED = {"IMG2IMG_BACKEND": "modelslab", "MODELSLAB_API_KEY": "sk-SECRET-9"}
@@ -173,3 +177,71 @@ def test_unreachable_discord_is_retried_and_sigterm_exits_0(tmp_path: Path) -> N
     assert "Traceback" not in stderr and "tok-SECRET-5" not in stderr
     # The effective paths are logged once at start (a .env overriding them would show here).
     assert f"models file {tmp_path / 'models.toml'}, database {tmp_path / 'data'}" in stderr
+
+
+# -- the models file, the command sync, the command line ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["invalid TOML", "a folder"])
+def test_a_redis_mode_bot_refuses_an_unreadable_models_file(tmp_path: Path, kind: str) -> None:
+    models = tmp_path / "models.toml"
+    if kind == "a folder":
+        models.mkdir()
+    else:
+        models.write_text('default_model = "x"\n[models.sd15\n')
+    run = run_bot(
+        tmp_path,
+        DISCORD_TOKEN="tok-SECRET-6",
+        IMG2IMG_QUEUE=f"redis://127.0.0.1:{closed_port()}/0",  # not reached: the check stops it
+        IMG2IMG_MODELS=str(models),
+    )
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"error: The models file {str(models)!r} cannot be read: "), line
+
+
+async def test_a_refused_command_sync_names_the_dev_guild_and_the_scope(tmp_path: Path) -> None:
+    async with FakeDiscord() as fake:
+        fake.inject_error(
+            "PUT",
+            "/applications/*/guilds/*/commands",
+            status=403,
+            code=50001,
+            message="Missing Access",
+            times=100,
+        )
+        bot = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            cwd=tmp_path,
+            env=bot_env(
+                DISCORD_TOKEN="tok-SECRET-7",
+                DISCORD_API_BASE=fake.api_base,
+                DISCORD_GATEWAY_URL=fake.gateway_url,
+                DISCORD_DEV_GUILD="123456789012345678",
+                **HOSTED,
+            ),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(bot.communicate(), 60)
+    errors = [line for line in stderr.decode().splitlines() if "INFO" not in line]
+    assert bot.returncode == 2, errors
+    [line] = errors
+    assert line.startswith("error: Discord refused to sync the slash commands (HTTP 403"), line
+    assert "DISCORD_DEV_GUILD=123456789012345678" in line and "applications.commands" in line
+    assert "DISCORD_API_BASE" not in line
+
+
+def test_help_describes_the_bot_and_unknown_arguments_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as helped:
+        bot_main(["--help"])
+    assert helped.value.code == 0
+    said = capsys.readouterr().out
+    assert "Discord bot" in said and ".env" in said and "README.md" in said
+    with pytest.raises(SystemExit) as refused:
+        bot_main(["--token", "x"])
+    assert refused.value.code == 2
+    assert "unrecognized arguments: --token" in capsys.readouterr().err

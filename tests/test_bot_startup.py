@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
+import os
 import socket
+import sqlite3
 import ssl
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import aiohttp
 import pytest
 
 from bot.connect import Backoff, describe_unreachable, wait_until_reachable
-from bot.startup import database_problems, report
+from bot.startup import check, database_problems, report
 
 
 def test_a_writable_database_folder_is_created(tmp_path: Path) -> None:
@@ -108,3 +111,73 @@ async def test_waiting_ends_once_discord_answers_even_with_an_error_status(
         await wait_until_reachable(f"http://127.0.0.1:{port}/api", Backoff(first=0.01, cap=0.01))
     warnings = [r.getMessage() for r in caplog.records if "cannot reach Discord" in r.getMessage()]
     assert len(warnings) == 1 and "(attempt 1): Discord answered HTTP 503" in warnings[0]
+
+
+# -- the database file, and what `check` reports ----------------------------------------------
+
+
+def test_a_database_that_is_a_folder_or_not_sqlite_is_refused(tmp_path: Path) -> None:
+    assert database_problems(tmp_path) == [
+        "IMG2IMG_DATABASE must be a file path such as /app/data/img2img.sqlite3, "
+        f"not the folder {tmp_path}."
+    ]
+    garbage = tmp_path / "jobs.sqlite3"
+    garbage.write_bytes(b"not a database, but some notes someone kept here")
+    [problem] = database_problems(garbage)
+    assert problem.startswith(f"IMG2IMG_DATABASE: {garbage} is not an SQLite database; ")
+    garbage.write_bytes(b"")  # SQLite makes an empty file a new database
+    assert database_problems(garbage) == []
+    sqlite3.connect(garbage).execute("CREATE TABLE t (x)").connection.close()
+    assert database_problems(garbage) == []
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No variable of the bot set, no .env; the hosted backend with a key, a token, a database."""
+    for name in os.environ:
+        if name.startswith(("DISCORD_", "IMG2IMG_", "MODELSLAB_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "DISCORD_TOKEN": "tok",
+        "IMG2IMG_BACKEND": "modelslab",
+        "MODELSLAB_API_KEY": "key",
+        "IMG2IMG_DATABASE": str(tmp_path / "jobs.sqlite3"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def no_torch(name: str) -> ModuleType:
+    if name in ("torch", "diffusers"):
+        raise ImportError(f"No module named {name!r}")
+    return importlib.import_module(name)
+
+
+def test_a_blank_token_is_not_set(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DISCORD_TOKEN", " ")
+    assert check(no_torch).problems == [
+        "DISCORD_TOKEN is not set. Put it in the environment or in .env."
+    ]
+
+
+def test_an_invalid_queue_is_the_only_line(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("IMG2IMG_BACKEND", "local")  # the queue's fallback, without torch here
+    clean_env.setenv("IMG2IMG_QUEUE", "redis:/nohost")
+    [problem] = check(no_torch).problems
+    assert problem.startswith("invalid settings: IMG2IMG_QUEUE: ")
+
+
+def test_a_variable_both_sides_read_is_reported_once(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("IMG2IMG_SHUTDOWN_GRACE", "-1")
+    [problem] = check(no_torch).problems
+    assert problem.startswith("invalid settings: IMG2IMG_SHUTDOWN_GRACE: ")
+
+
+def test_the_local_backend_reports_an_invalid_models_file_once(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "models.toml").write_text("[models.sd15\n")
+    clean_env.setenv("IMG2IMG_BACKEND", "local")
+    problems = check(ModuleType).problems  # torch and diffusers "installed"
+    assert len(problems) == 1 and "models.toml' cannot be read" in problems[0], problems
