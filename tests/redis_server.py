@@ -8,6 +8,7 @@ nothing, as an operator's Redis configured with `appendonly yes` would.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -32,10 +33,17 @@ def server_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free loopback port below the range the OS takes clients' own ports from (32768 and up
+    on Linux): the server keeps its port across restarts, and a client reconnecting while it is
+    down must not be given that port as its own."""
+    for port in random.sample(range(20_000, 32_000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32000")
 
 
 class RedisServer:

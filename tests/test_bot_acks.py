@@ -203,6 +203,7 @@ async def test_follow_up_work_waits_for_interactions_still_unanswered(
     ) as bot:
         tracker = bot.acks
         tracker.max_wait = 60.0
+        tracker.expiry = 60.0  # 424242 stays unanswered for as long as the test needs
         parked = asyncio.Event()
         settled = tracker.settled
 

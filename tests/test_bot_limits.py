@@ -106,6 +106,7 @@ async def test_ten_concurrent_reroll_clicks_with_a_limit_of_3_queue_exactly_3(
         assert len(await bot.store.recent_for_user(owner.id)) == 1 + 3
 
 
+@pytest.mark.usefixtures("same_utc_day")
 async def test_ten_concurrent_commands_with_a_daily_quota_of_3_accept_exactly_3(
     fake_discord: FakeDiscord, models: TinyModels, tmp_path: Path
 ) -> None:

@@ -353,16 +353,17 @@ async def test_the_whole_stop_fits_in_the_shutdown_grace(
     fake = fake_discord
     gate = Gate()
     gate.close()  # the GPU worker stays inside its pipeline call
+    backend = make_backend(models, gate)
     try:
-        async with running_bot(
-            fake, make_backend(models, gate), database, models.models_file, shutdown_grace=0.5
-        ):
+        async with running_bot(fake, backend, database, models.models_file, shutdown_grace=0.5):
             inter = await slash(fake, user=fake.world.bob)
             await gate.wait_entered()
             stopping = time.monotonic()
         stopped_in = time.monotonic() - stopping
     finally:
         gate.opened.set()
+        # its GPU thread finishes the step it was in here, not inside the next test
+        await asyncio.to_thread(backend._worker.join, 30.0)
     assert stopped_in < 0.5 + 2.0  # not the backend's own 30 s on top
     store = JobStore(database)
     await store.open()

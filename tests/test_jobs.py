@@ -198,6 +198,7 @@ async def test_limits_refuse_with_the_users_state(store: JobStore) -> None:
     await queue.close(grace=0)
 
 
+@pytest.mark.usefixtures("same_utc_day")
 async def test_daily_quotas_count_images(store: JobStore) -> None:
     backend = GatedBackend(capacity=4)
     queue = FairQueue(

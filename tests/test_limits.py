@@ -58,6 +58,9 @@ async def ten_at_once(queue: FairQueue) -> tuple[int, set[str]]:
     return len(accepted(outcomes)), {o.kind for o in outcomes if isinstance(o, QueueRefused)}
 
 
+pytestmark = pytest.mark.usefixtures("same_utc_day")
+
+
 def today() -> float:
     now = time.time()
     return now - now % 86_400

@@ -125,8 +125,10 @@ async def test_progress_message_shows_previews_blurred_when_the_safety_checker_i
             assert len(data) < 40_000
         # The result replaces the preview; the progress edits keep the interval.
         assert [f.filename for f in done.attachments if f.filename == PREVIEW_FILE] == []
+        # Spaced when sent, timed here when they arrive: half the interval leaves room for a
+        # late first edit on a loaded machine while a burst (no spacing at all) still fails.
         times = [r.at for r in progress_edits(done)]
-        assert len(times) <= 1 + (times[-1] - times[0]) / (0.8 * INTERVAL)
+        assert len(times) <= 1 + (times[-1] - times[0]) / (0.5 * INTERVAL)
 
     detail = np.mean([high_frequency(p) for p in previews(sharp)])
     blurred = np.mean([high_frequency(p) for p in previews(safe)])

@@ -120,6 +120,7 @@ def done_id(message: StoredMessage) -> str:
     return str(message.embeds[0]["footer"]["text"]).split()[1]
 
 
+@pytest.mark.usefixtures("same_utc_day")
 async def test_an_upscale_counts_its_tiles_against_the_daily_quota(
     fake_discord: FakeDiscord, models: TinyModels, tmp_path: Path
 ) -> None:
