@@ -27,5 +27,5 @@ async def previews_shown(store: JobStore, job_id: str, guild_id: int | None) -> 
         return False
     if not policy.blocked_words:
         return True
-    record = await store.get(job_id)
+    record = await store.summary(job_id)
     return record is not None and record.request.enhance_prompt != "yes"

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import BotSettings
-from inference.models_file import ModelsFileError, ModelsFileMissing, read_models_file
-from inference.preflight import Importer, backend_problems
+from inference.preflight import Importer, backend_problems, optional_models_file_problems
 from inference.settings import InferenceSettings
 
-__all__ = ["Checked", "catalog_problems", "check", "database_problems", "report"]
+__all__ = ["Checked", "check", "database_problems", "report"]
 
 log = logging.getLogger("bot")
 
@@ -53,9 +52,9 @@ def check(importer: Importer = importlib.import_module) -> Checked:
     # sections named after the backends; an invalid queue would fall back to the local backend
     if inference.valid("", inference.settings.backend, "remote"):
         problems += backend_problems(inference.settings, importer=importer)
-    if inference.valid(""):
-        problems += catalog_problems(inference.settings.models_file)
-    problems = list(dict.fromkeys(problems))
+    if inference.valid(""):  # autocomplete reads its names from it, whatever the backend or queue
+        problems += optional_models_file_problems(inference.settings.models_file)
+    problems = list(dict.fromkeys(problems))  # the backend's own check may say the same
     if problems:
         return Checked(problems)
     log.info(
@@ -64,18 +63,6 @@ def check(importer: Importer = importlib.import_module) -> Checked:
         bot.settings.store.database.absolute(),
     )
     return Checked([], bot.settings, inference.settings)
-
-
-def catalog_problems(models_file: Path) -> list[str]:
-    """The models file, when it exists, can be read: the bot takes autocomplete's names from it
-    whatever the backend or queue (a missing one is the backend's concern)."""
-    try:
-        read_models_file(models_file)
-    except ModelsFileMissing:
-        return []
-    except ModelsFileError as exc:
-        return [str(exc)]
-    return []
 
 
 def database_problems(database: Path) -> list[str]:

@@ -32,7 +32,7 @@ from inference.images import decode_image, fetch_image
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
 
-__all__ = ["USER_OPTIONS", "ImageSource", "parse_options_line", "submit_job"]
+__all__ = ["USER_OPTIONS", "ImageSource", "parse_options_line", "read_source", "submit_job"]
 
 USER_OPTIONS = (
     "prompt",
@@ -172,19 +172,19 @@ async def prompt_refused(
     prompt: str,
     *,
     style: str | None = None,
-    own_prompt: str | None = None,
 ) -> bool:
     """Refuse (privately) a prompt the server's filter blocks; True when it was refused.
 
-    `style`: the style applied to `prompt`; `own_prompt`: the user's prompt before it (else
-    recovered from `prompt` while the server's style is unchanged). When only the style's words
-    are blocked, the refusal says so; on a button (Reroll, Vary, Upscale), which has no prompt to
-    edit, it points at Remix. The list itself is never shown."""
+    `style`: the style applied to `prompt` (the user's own prompt is recovered from it while the
+    server's style is unchanged). When only the style's words are blocked, the refusal says so;
+    on a button (Reroll, Vary, Upscale), which has no prompt to edit, it points at Remix. The
+    list itself is never shown."""
     bot = interaction.client
     blocked = (await _policy(bot, interaction.guild_id)).blocked_words
     if not is_blocked(prompt, blocked):
         return False
-    if style is not None and own_prompt is None:
+    own_prompt = None
+    if style is not None:
         own_prompt = await _own_prompt(bot, interaction.guild_id, style, prompt)
     if own_prompt is not None and style is not None and not is_blocked(own_prompt, blocked):
         text = messages.style_blocked(style)
@@ -255,6 +255,13 @@ async def _read_stored(bot: Img2ImgBot, job_id: str, index: int | None) -> bytes
     return data
 
 
+async def read_source(bot: Img2ImgBot, source: ImageSource) -> bytes:
+    """The image's bytes, read within its kind's bound on reads at once; `InvalidImage` (saying
+    what to do) when it cannot be had."""
+    async with _bound(bot.image_loads, source):
+        return await _read(bot, source)
+
+
 async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:
     """The image's bytes, read and decoded once (unusable images are refused before queueing)."""
     loads = bot.image_loads
@@ -281,14 +288,13 @@ async def submit_job(
     """
     bot = interaction.client
     body, note = await _apply_channel_policy(bot, interaction, body)
-    own_prompt = None if applied_style is not None else str(body.get("prompt") or "")
     try:
         body, style = await _styled(bot, interaction.guild_id, body, applied_style)
     except StyleRefused as exc:
         await _respond(interaction, str(exc))
         return None
     prompt = str(body.get("prompt") or "")
-    if await prompt_refused(interaction, prompt, style=style, own_prompt=own_prompt):
+    if await prompt_refused(interaction, prompt, style=style):
         return None
     if source.url is not None and source.attachment is None and source.data is None:
         # A user's link is checked here and kept as the job's provenance; an attachment's signed

@@ -28,10 +28,11 @@ from bot.submission import (
     ImageSource,
     enqueue,
     prompt_refused,
+    read_source,
     submit_job,
     with_current_policy,
 )
-from inference import GeneratedImage, Img2ImgRequest, Img2ImgResult
+from inference import GeneratedImage, Img2ImgRequest, Img2ImgResult, InvalidImage
 from inference.upscale import plan_upscale
 
 if TYPE_CHECKING:
@@ -155,11 +156,10 @@ async def _queue_upscale(
     tiles: int,
 ) -> None:
     """Read the image (only now that the job's place is held) and queue the upscale."""
-    bot = interaction.client
-    async with bot.image_loads.stored:
-        data = await bot.store.image_source(target.record.id, target.number - 1)
-    if data is None:
-        await answer_privately(interaction, messages.IMAGE_GONE)
+    try:
+        data = await read_source(interaction.client, target.source)
+    except InvalidImage as exc:
+        await answer_privately(interaction, str(exc))
         return
     record = JobRecord(
         id=job_id,
@@ -172,7 +172,7 @@ async def _queue_upscale(
         kind="upscale",
         cost=tiles,
         style=target.record.style,
-        init_image_nsfw=target.image.nsfw,  # the source's flag holds, whatever the detector sees
+        init_image_nsfw=target.source.flagged,  # it holds, whatever the detector sees
     )
     await enqueue(interaction, record, refusal_note=messages.upscale_cost(tiles))
 

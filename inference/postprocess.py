@@ -27,11 +27,13 @@ def finish_images(
     detector: NsfwDetector | None,
     threshold: float,
     flagged_by_backend: Sequence[bool] | None = None,
+    source_flagged: bool = False,
     max_bytes: int = 8 * 1024 * 1024,
 ) -> list[GeneratedImage]:
     """Turn raw backend images into finished ones.
 
-    An image is NSFW when the backend flagged it or, with `safety_checker` "yes", when the detector
+    An image is NSFW when the backend flagged it, when it was made from a flagged image
+    (`source_flagged`: `Job.init_image_nsfw`) or, with `safety_checker` "yes", when the detector
     scores it at or above `threshold`. Flagged images are censored per `safety_checker_type` only
     when the safety checker is on; the flag itself is always reported. Each image is encoded with
     its effective parameters in its metadata; a censored image also keeps its uncensored
@@ -42,6 +44,7 @@ def finish_images(
     flags = list(flagged_by_backend) if flagged_by_backend is not None else [False] * len(images)
     if len(flags) != len(images):
         flags = (flags + [False] * len(images))[: len(images)]
+    flags = [flag or source_flagged for flag in flags]
     checking = request.safety_checker == "yes"
     if checking and detector is not None and images:
         detected = flag_nsfw(detector.scores(list(images)), threshold)

@@ -24,6 +24,7 @@ __all__ = [
     "backend_problems",
     "models_file_problems",
     "modelslab_problems",
+    "optional_models_file_problems",
     "runtime_problems",
 ]
 
@@ -80,13 +81,18 @@ def modelslab_problems(settings: InferenceSettings, *, request_key: bool = False
             parse_listen(lab.webhook_listen)
         except BackendUnavailable as exc:
             problems.append(str(exc))
+    return problems + optional_models_file_problems(settings.models_file)
+
+
+def optional_models_file_problems(models_file: Path) -> list[str]:
+    """A models file that exists can be read (where the file is optional: a missing one is fine)."""
     try:
-        read_models_file(settings.models_file)
+        read_models_file(models_file)
     except ModelsFileMissing:
-        pass  # optional with this backend
+        return []
     except ModelsFileError as exc:
-        problems.append(str(exc))
-    return problems
+        return [str(exc)]
+    return []
 
 
 def runtime_problems(device: str, importer: Importer = importlib.import_module) -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +27,7 @@ import httpx
 from inference.backoff import exponential_delay
 from inference.errors import InvalidRequest
 from inference.images.urls import PinnedTarget, pin, resolve_private_host, resolve_public_host
+from inference.offloop import encode_json, off_loop_if_large
 from inference.result import Img2ImgResult
 
 __all__ = ["OutputForm", "WebhookSender", "base64_output", "encode_body", "webhook_body"]
@@ -37,8 +37,6 @@ MAX_BACKOFF = 60.0
 """The longest wait between two tries of one webhook delivery, in seconds."""
 MAX_CONCURRENT = 16
 """Deliveries one sender runs at once; the rest wait their turn."""
-INLINE_BYTES = 64 * 1024
-"""Results whose images total fewer bytes are encoded on the event loop (a thread costs more)."""
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -64,10 +62,8 @@ def webhook_body(result: Img2ImgResult, output: OutputForm = base64_output) -> d
 
 
 def encode_body(result: Img2ImgResult, output: OutputForm = base64_output) -> bytes:
-    """`webhook_body` as the UTF-8 JSON bytes that are posted (compact, as httpx's `json=`)."""
-    body = webhook_body(result, output)
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8")
+    """`webhook_body` as the JSON bytes that are posted."""
+    return encode_json(webhook_body(result, output))
 
 
 class WebhookSender:
@@ -113,10 +109,8 @@ class WebhookSender:
             return await self._deliver(url, result)
 
     async def _deliver(self, url: str, result: Img2ImgResult) -> bool:
-        if sum(len(image.data) for image in result.images) < INLINE_BYTES:
-            payload = encode_body(result, self.output)
-        else:
-            payload = await asyncio.to_thread(encode_body, result, self.output)
+        size = sum(len(image.data) for image in result.images)
+        payload = await off_loop_if_large(size, encode_body, result, self.output)
         target = httpx.URL(url)
         async with httpx.AsyncClient(
             timeout=self.timeout, follow_redirects=False, transport=self._transport

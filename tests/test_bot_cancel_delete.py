@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from bot_harness import BOT_TOKEN, bot_settings
-from fakediscord import FakeDiscord, StoredMessage, running_client
+from fakediscord import Event, EventKind, FakeDiscord, StoredMessage, running_client
 from test_delivery import WAIT, PngBackend, bot_on, has_files, submit
 from test_jobs import GatedBackend, record
 
@@ -92,12 +92,26 @@ async def test_a_second_delete_click_on_a_deleted_result_is_no_error(
         for gate in backend.gates.values():
             gate.set()
         result = await job.wait_original(has_files, timeout=WAIT)
+        mark = fake.mark()
         clicks = await asyncio.gather(
             *(fake.click(result, label="Delete", user=fake.world.bob) for _ in range(2))
         )
         for click in clicks:
             answer = await click.wait_response(timeout=WAIT)
             assert answer.type == 6  # deferred update: nothing shown
+
+        def delete_of_result(event: Event) -> bool:  # each click deletes after its answer
+            data = event.data or {}
+            return data.get("method") == "DELETE" and str(result.id) in str(data.get("path"))
+
+        first = await fake.wait_for(
+            lambda e: e.kind is EventKind.HTTP and delete_of_result(e), timeout=WAIT, after=mark
+        )
+        await fake.wait_for(
+            lambda e: e.kind is EventKind.HTTP and delete_of_result(e),
+            timeout=WAIT,
+            after=first.seq,
+        )  # the second one answered (404) before the bot stops
         deleted = fake.messages(fake.world.general, include_deleted=True)
         assert [m.deleted for m in deleted if m.id == result.id] == [True]
         assert not [c.followups() for c in clicks if c.followups()]

@@ -271,6 +271,7 @@ def test_the_cache_keeps_at_most_its_size_and_evicts_the_least_recent() -> None:
     loads: list[str] = []
 
     def loader(entry: ModelEntry, make_room: Callable[[], None]) -> Any:
+        make_room()
         loads.append(entry.name)
         return object()
 

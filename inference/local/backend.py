@@ -203,7 +203,7 @@ class LocalBackend:
             meta=meta,
             detector=self._detector,
             threshold=self._threshold,
-            flagged_by_backend=[job.init_image_nsfw] * len(outcome.images),
+            source_flagged=job.init_image_nsfw,
         )
         result = Img2ImgResult(
             id=job.id,

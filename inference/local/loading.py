@@ -139,7 +139,7 @@ def load_model(
 ) -> LoadedModel:
     """Load `entry` onto `device`; `BackendUnavailable`/`BackendError` say what went wrong.
     `make_room` runs once the checks passed, just before the weights are read (a
-    `PipelineCache` evicts then)."""
+    `PipelineCache` evicts then; a load outside a cache has nothing to evict)."""
     source = entry.source
     _quiet_loading()
     hub = _hub_options(
@@ -267,7 +267,6 @@ class PipelineCache:
             self._models.move_to_end(entry.name)
             return model
         model = self._loader(entry, self._evict_for_one)
-        self._evict_for_one()  # a loader that never called it
         self._models[entry.name] = model
         return model
 

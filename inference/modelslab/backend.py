@@ -362,7 +362,8 @@ class ModelsLabBackend:
             meta=meta,
             detector=self._detector,
             threshold=self._threshold,
-            flagged_by_backend=[flag or job.init_image_nsfw for flag in final.flags(len(pictures))],
+            flagged_by_backend=final.flags(len(pictures)),
+            source_flagged=job.init_image_nsfw,
         )
         elapsed = asyncio.get_running_loop().time() - started
         result = Img2ImgResult(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from inference.modelslab.responses import (
     is_rate_limited,
     parse_body,
 )
+from inference.offloop import encode_json
 
 __all__ = ["ApiClient", "RetryPolicy", "SubmissionUnknown", "encode_json", "new_http_client"]
 
@@ -81,12 +81,6 @@ class SubmissionUnknown(BackendError):
 
 
 _JSON = {"Content-Type": "application/json"}
-
-
-def encode_json(body: dict[str, Any]) -> bytes:
-    """A request body as the UTF-8 JSON bytes posted (compact, as httpx's `json=`)."""
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8")
 
 
 # Failures before the request was sent: a repeat cannot make a second job at the API.

@@ -161,10 +161,11 @@ class Intake:
         late = {s for s in oldest_first if waiting[s] >= self.affinity_wait}
         own = set(prefer)
         orphans = [s for s in oldest_first if s in late and s not in own and s not in loaded]
-        mine = [s for s in oldest_first if s in own and s not in orphans]
-        if JOBS in waiting and JOBS not in (*orphans, *mine):  # any worker's default will do
+        mine = [s for s in oldest_first if s in own]
+        if JOBS in waiting and JOBS not in orphans and JOBS not in own:  # any default will do
             mine.append(JOBS)
-        rest = [s for s in oldest_first if s not in (*orphans, *mine)]
+        picked = {*orphans, *mine}
+        rest = [s for s in oldest_first if s not in picked]
         order = [
             *orphans,
             *mine,

@@ -52,8 +52,13 @@ class ProgressPublisher:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, {}
-            if batch:
-                await persist(partial(self._write, batch), cap=self._backoff, what="reporting")
+            if batch:  # a duty of the worker: a refusal of its settings stops it, as elsewhere
+                await persist(
+                    partial(self._write, batch),
+                    cap=self._backoff,
+                    what="reporting",
+                    give_up_if_refused=True,
+                )
 
     async def _write(self, batch: dict[str, ProgressEvent]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

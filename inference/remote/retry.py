@@ -35,7 +35,8 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeout
 """Redis unreachable or not ready (redis-py's `BusyLoadingError` is a `ConnectionError`)."""
 
 REFUSED_WAIT = 30.0
-"""Seconds between a submitter's tries while Redis refuses its connection settings."""
+"""Least seconds between a submitter's tries while Redis refuses its connection settings (the
+backoff's cap when that is longer)."""
 
 _RETRIED: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, ResponseError)
 """An outage, or a `ResponseError` that may be a refusal of the connection settings."""
@@ -71,6 +72,7 @@ async def persist(
     Redis refuses the connection settings, `RedisRefused` is raised if `give_up_if_refused`, else
     one error is logged and the tries go on every `REFUSED_WAIT` seconds."""
     waits = delays(first=_FIRST_DELAY, cap=cap, jitter=0.2)
+    refused_wait = max(cap, REFUSED_WAIT)
     logged: type[Exception] | None = None  # what the last log line was about
     while True:
         try:
@@ -84,11 +86,11 @@ async def persist(
             kind = RedisRefused if refused is not None else RedisConnectionError
             if logged is not kind:
                 if refused is not None:
-                    log.error("%s; retrying every %g s", refused, max(cap, REFUSED_WAIT))
+                    log.error("%s; retrying every %g s", refused, refused_wait)
                 else:
                     log.warning("Redis unreachable while %s (%s); retrying", what, _reason(exc))
                 logged = kind
-            await asyncio.sleep(max(cap, REFUSED_WAIT) if refused is not None else next(waits))
+            await asyncio.sleep(refused_wait if refused is not None else next(waits))
             continue
         if logged is not None:
             log.info("Redis reachable again: %s", what)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from inference.server.intake import off_loop_if_large
+from inference.offloop import off_loop_if_large
 from inference.server.responses import ApiError
 
 __all__ = ["BodyBudget", "BodyRefused", "read_json_body"]

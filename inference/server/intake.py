@@ -8,10 +8,8 @@ like an image the backends read. Every refusal is an `ApiError` saying what to c
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,11 +18,12 @@ from pydantic import ValidationError
 from inference import images
 from inference.errors import InvalidImage
 from inference.images.decode import _describe_non_image
+from inference.offloop import off_loop_if_large
 from inference.request import Img2ImgRequest
 from inference.server.responses import ApiError
 from inference.settings import InferenceSettings
 
-__all__ = ["Intake", "off_loop_if_large", "read_intake"]
+__all__ = ["Intake", "read_intake"]
 
 T = TypeVar("T")
 
@@ -80,18 +79,6 @@ async def read_intake(body: dict[str, Any], settings: InferenceSettings) -> Inta
         raise ApiError(400, f"init_image: {_describe_non_image(data)}")
     plain = request.model_copy(update={"key": None, "webhook": None})
     return Intake(plain, request.webhook, data, base64_flag)
-
-
-LARGE = 256 * 1024
-"""Bytes of input past which parsing runs in a thread: a 30 MB body takes ~0.1 s to decode, and
-the event loop serves every other client meanwhile."""
-
-
-async def off_loop_if_large(size: int, work: Callable[..., T], *args: Any) -> T:
-    """`work(*args)`, in a thread when `size` is large, else at once."""
-    if size > LARGE:
-        return await asyncio.to_thread(work, *args)
-    return work(*args)
 
 
 def _decode_base64(text: str, max_bytes: int) -> bytes:

@@ -17,9 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
+from inference.offloop import off_loop_if_large
 from inference.port import Backend
 from inference.server.bodies import BodyBudget, BodyRefused, read_json_body
-from inference.server.intake import off_loop_if_large, read_intake
+from inference.server.intake import read_intake
 from inference.server.keys import KeyRing
 from inference.server.responses import FAMILIES, ApiError, Links, error_body, job_answer, not_found
 from inference.server.runner import JobRunner

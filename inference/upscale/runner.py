@@ -143,7 +143,6 @@ class UpscaleRunner:
             tiles=len(plan.tiles),
         )
         tiles_flagged = any(flag for r in results for flag in r.nsfw_content_detected)
-        flagged = [job.init_image_nsfw or tiles_flagged]
         images = finish_images(
             [blended],
             request,
@@ -151,7 +150,8 @@ class UpscaleRunner:
             meta=meta,
             detector=self._detector,
             threshold=self._threshold,
-            flagged_by_backend=flagged,
+            flagged_by_backend=[tiles_flagged],
+            source_flagged=job.init_image_nsfw,
         )
         return Img2ImgResult(
             id=job.id,
