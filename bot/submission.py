@@ -32,7 +32,7 @@ from inference.images import decode_image, fetch_image
 if TYPE_CHECKING:
     from bot.client import Img2ImgBot
 
-__all__ = ["USER_OPTIONS", "ImageSource", "parse_options_line", "read_source", "submit_job"]
+__all__ = ["USER_OPTIONS", "ImageSource", "parse_options_line", "queue_in_place", "submit_job"]
 
 USER_OPTIONS = (
     "prompt",
@@ -255,13 +255,6 @@ async def _read_stored(bot: Img2ImgBot, job_id: str, index: int | None) -> bytes
     return data
 
 
-async def read_source(bot: Img2ImgBot, source: ImageSource) -> bytes:
-    """The image's bytes, read within its kind's bound on reads at once; `InvalidImage` (saying
-    what to do) when it cannot be had."""
-    async with _bound(bot.image_loads, source):
-        return await _read(bot, source)
-
-
 async def _load_image(bot: Img2ImgBot, source: ImageSource) -> bytes:
     """The image's bytes, read and decoded once (unusable images are refused before queueing)."""
     loads = bot.image_loads
@@ -310,48 +303,62 @@ async def submit_job(
     if not interaction.response.is_done():
         thinking_id = await defer_thinking(interaction)
     await bot.acks.settled()  # a burst's other acknowledgements go first (bot/acks.py)
+    return await queue_in_place(
+        interaction,
+        request,
+        source,
+        places=request.samples,
+        message_id=thinking_id,
+        note=note,
+        style=style,
+    )
+
+
+async def queue_in_place(
+    interaction: discord.Interaction[Img2ImgBot],
+    request: Img2ImgRequest,
+    source: ImageSource,
+    *,
+    places: int,
+    message_id: int | None,
+    note: str | None = None,
+    refusal_note: str | None = None,
+    **fields: Any,
+) -> str | None:
+    """Take the job's `places` in the queue, then read its image, store and queue it (the job
+    id; None when refused: answered privately, with `refusal_note`). The place is released
+    unless the job took it. `fields`: the record's other fields (`kind`, `cost`, `style`)."""
+    bot = interaction.client
     job_id = secrets.token_hex(6)
     try:
-        await bot.queue.hold(job_id, interaction.user.id, interaction.guild_id, request.samples)
+        await bot.queue.hold(job_id, interaction.user.id, interaction.guild_id, places)
     except QueueRefused as refusal:
-        await _respond(interaction, messages.describe_refusal(refusal))
+        text = messages.describe_refusal(refusal)
+        await _respond(interaction, f"{text}\n{refusal_note}" if refusal_note else text)
         return None
     try:
-        return await _load_and_queue(interaction, job_id, request, source, note, thinking_id, style)
+        try:
+            data = await _load_image(bot, source)
+        except InvalidRequest as exc:
+            await _respond(interaction, str(exc))
+            return None
+        record = JobRecord(
+            id=job_id,
+            owner_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            request=request,
+            init_image=data,
+            message_id=message_id,  # stored with the job: a restart can finalise the reply
+            init_image_nsfw=source.flagged,  # it holds, whatever the detector sees
+            **fields,
+        )
+        return await _enqueue(interaction, record, note=note, refusal_note=refusal_note)
     finally:
         bot.queue.release(job_id)  # the place, unless the job took it
 
 
-async def _load_and_queue(
-    interaction: discord.Interaction[Img2ImgBot],
-    job_id: str,
-    request: Img2ImgRequest,
-    source: ImageSource,
-    note: str | None,
-    status_message_id: int | None,
-    style: str | None = None,
-) -> str | None:
-    bot = interaction.client
-    try:
-        data = await _load_image(bot, source)
-    except InvalidRequest as exc:
-        await _respond(interaction, str(exc))
-        return None
-    record = JobRecord(
-        id=job_id,
-        owner_id=interaction.user.id,
-        guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id or 0,
-        request=request,
-        init_image=data,
-        message_id=status_message_id,  # stored with the job: a restart can finalise the reply
-        style=style,
-        init_image_nsfw=source.flagged,
-    )
-    return await enqueue(interaction, record, note=note)
-
-
-async def enqueue(
+async def _enqueue(
     interaction: discord.Interaction[Img2ImgBot],
     record: JobRecord,
     *,

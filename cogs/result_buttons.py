@@ -12,7 +12,6 @@ quotas by its tiles. With more components than Discord's 25, a select menu stand
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,18 +20,16 @@ import discord
 
 from bot import messages
 from bot.errors import report_unexpected
-from bot.jobs import QueueRefused
-from bot.replies import answer_privately, defer_thinking
-from bot.store import JobRecord, JobSummary
+from bot.replies import defer_thinking
+from bot.store import JobSummary
 from bot.submission import (
     ImageSource,
-    enqueue,
     prompt_refused,
-    read_source,
+    queue_in_place,
     submit_job,
     with_current_policy,
 )
-from inference import GeneratedImage, Img2ImgRequest, Img2ImgResult, InvalidImage
+from inference import GeneratedImage, Img2ImgResult
 from inference.upscale import plan_upscale
 
 if TYPE_CHECKING:
@@ -134,47 +131,17 @@ async def submit_upscale(interaction: discord.Interaction[Img2ImgBot], target: _
     request = await with_current_policy(interaction, request)
     thinking_id = await defer_thinking(interaction)
     await bot.acks.settled()
-    job_id = secrets.token_hex(6)
-    cost = messages.upscale_cost(tiles)
-    try:
-        await bot.queue.hold(job_id, interaction.user.id, interaction.guild_id, tiles)
-    except QueueRefused as refusal:
-        await answer_privately(interaction, f"{messages.describe_refusal(refusal)}\n{cost}")
-        return
-    try:
-        await _queue_upscale(interaction, target, job_id, request, thinking_id, tiles)
-    finally:
-        bot.queue.release(job_id)  # the place, unless the job took it
-
-
-async def _queue_upscale(
-    interaction: discord.Interaction[Img2ImgBot],
-    target: _Target,
-    job_id: str,
-    request: Img2ImgRequest,
-    thinking_id: int | None,
-    tiles: int,
-) -> None:
-    """Read the image (only now that the job's place is held) and queue the upscale."""
-    try:
-        data = await read_source(interaction.client, target.source)
-    except InvalidImage as exc:
-        await answer_privately(interaction, str(exc))
-        return
-    record = JobRecord(
-        id=job_id,
-        owner_id=interaction.user.id,
-        guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id or 0,
-        request=request,
-        init_image=data,
+    await queue_in_place(
+        interaction,
+        request,
+        target.source,
+        places=tiles,
         message_id=thinking_id,
+        refusal_note=messages.upscale_cost(tiles),
         kind="upscale",
         cost=tiles,
         style=target.record.style,
-        init_image_nsfw=target.source.flagged,  # it holds, whatever the detector sees
     )
-    await enqueue(interaction, record, refusal_note=messages.upscale_cost(tiles))
 
 
 class ImageAction(
